@@ -1,0 +1,99 @@
+//! Protocol constants of AWS IoT Secure Tunneling, in one documented place.
+//!
+//! Every number and name that the service, the reference proxy and this crate
+//! must agree on lives here; other modules refer to these instead of repeating
+//! literals. Facts come from the public protocol guides (V1, V2, V3).
+
+/// WebSocket subprotocol of the V3 protocol (simultaneous TCP connections per service).
+pub const SUBPROTOCOL_V3: &str = "aws.iot.securetunneling-3.0";
+/// WebSocket subprotocol of the V2 protocol (several services per tunnel).
+pub const SUBPROTOCOL_V2: &str = "aws.iot.securetunneling-2.0";
+/// WebSocket subprotocol of the V1 protocol (one unnamed service).
+pub const SUBPROTOCOL_V1: &str = "aws.iot.securetunneling-1.0";
+/// Subprotocols the service accepts, most capable first.
+pub const SUBPROTOCOLS: [&str; 3] = [SUBPROTOCOL_V3, SUBPROTOCOL_V2, SUBPROTOCOL_V1];
+
+/// Path of the WebSocket upgrade request.
+pub const TUNNEL_PATH: &str = "/tunnel";
+/// Query parameter naming the proxy's mode (`source` or `destination`).
+pub const MODE_QUERY_PARAM: &str = "local-proxy-mode";
+/// Request header carrying the access token.
+pub const ACCESS_TOKEN_HEADER: &str = "access-token";
+/// Cookie the service also accepts for the access token.
+pub const ACCESS_TOKEN_COOKIE: &str = "awsiot-tunnel-token";
+/// Request header carrying the client token.
+pub const CLIENT_TOKEN_HEADER: &str = "client-token";
+/// Response header carrying the service's id for this connection.
+pub const CHANNEL_ID_HEADER: &str = "channel-id";
+/// Response header with the reason of a refused handshake.
+pub const STATUS_REASON_HEADER: &str = "X-Status-Reason";
+/// The whole upgrade request must stay under this many bytes.
+pub const MAX_HANDSHAKE_REQUEST: usize = 4096;
+/// Client tokens: `^[a-zA-Z0-9-]{32,128}$`.
+pub const CLIENT_TOKEN_MIN_LEN: usize = 32;
+/// Upper bound of a client token's length.
+pub const CLIENT_TOKEN_MAX_LEN: usize = 128;
+
+/// Payload of one WebSocket frame, either direction.
+pub const MAX_WEBSOCKET_FRAME: usize = 131_076;
+/// Size of the big-endian length prefix in front of every tunnel frame.
+pub const FRAME_LENGTH_PREFIX: usize = 2;
+/// Largest serialized message a 2-byte prefix can describe.
+pub const MAX_MESSAGE_SIZE: usize = u16::MAX as usize;
+/// Largest `payload` of one message (setting `max_payload_size`).
+pub const MAX_PAYLOAD_SIZE: usize = 64_512;
+
+/// Port used when an endpoint names none.
+pub const DEFAULT_ENDPOINT_PORT: u16 = 443;
+/// Default port of a web proxy given without one.
+pub const DEFAULT_WEB_PROXY_PORT: u16 = 3128;
+
+/// WebSocket close code of a normal close: the tunnel was closed or expired.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close reason the local service sends to a connection replaced by a newer
+/// one with the same access token.
+pub const CLOSE_REASON_REPLACED: &str = "replaced by a new connection with the same token";
+
+/// Service endpoint host for an AWS region.
+pub fn endpoint_host_for_region(region: &str) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("data.tunneling.iot.{region}.{suffix}")
+}
+
+/// Whether `token` is a well-formed client token.
+pub fn is_valid_client_token(token: &str) -> bool {
+    (CLIENT_TOKEN_MIN_LEN..=CLIENT_TOKEN_MAX_LEN).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn china_regions_use_the_cn_suffix() {
+        assert_eq!(
+            endpoint_host_for_region("cn-north-1"),
+            "data.tunneling.iot.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            endpoint_host_for_region("us-east-1"),
+            "data.tunneling.iot.us-east-1.amazonaws.com"
+        );
+    }
+
+    #[test]
+    fn client_token_format() {
+        assert!(is_valid_client_token(&"a".repeat(32)));
+        assert!(is_valid_client_token(&"A-9".repeat(40)));
+        assert!(!is_valid_client_token(&"a".repeat(31)));
+        assert!(!is_valid_client_token(&"a".repeat(129)));
+        assert!(!is_valid_client_token(&format!("{}_", "a".repeat(32))));
+    }
+}
