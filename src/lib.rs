@@ -9,5 +9,9 @@
 #[rustfmt::skip]
 pub mod proto;
 
+pub mod config;
 pub mod frame;
 pub mod protocol;
+pub mod secret;
+pub mod service;
+pub mod transport;

@@ -1,0 +1,1 @@
+//! TLS WebSocket transport to the tunneling service (stub).
