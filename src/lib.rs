@@ -14,4 +14,5 @@ pub mod frame;
 pub mod protocol;
 pub mod secret;
 pub mod service;
+pub mod tls;
 pub mod transport;
