@@ -1,0 +1,149 @@
+//! Tunnel lifecycle end to end: refusal, normal close, replacement, signals,
+//! and tokens kept out of every log line.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECS_20: Duration = Duration::from_secs(20);
+
+#[test]
+fn refused_token_exits_2_with_the_status_and_reason() {
+    let _w = watchdog("refused_token", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    service.open(&["SSH1"]);
+    let bogus = "AQGAAXhQ-not-a-real-token-0123456789";
+    let mut p = proxy(&service, bogus, &["-d", "SSH1=22", "-v", "6"], "dst");
+    let code = p.wait_exit(SECS_20);
+    let err = p.stderr.all();
+    assert_eq!(code, 2, "a refused handshake exits 2:\n{err}");
+    assert!(
+        err.contains("403") || err.contains("401"),
+        "status shown:\n{err}"
+    );
+    assert!(!err.contains(bogus), "token never printed:\n{err}");
+}
+
+#[test]
+fn closed_tunnel_exits_0() {
+    let _w = watchdog("closed_tunnel", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let mut dest = proxy(
+        &service,
+        &tunnel.destination_token,
+        &["-d", "SSH1=22"],
+        "dst",
+    );
+    dest.stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    service.client(&["close", "--tunnel-id", &tunnel.id]);
+    assert_eq!(dest.wait_exit(SECS_20), 0, "{}", dest.stderr.all());
+    dest.stderr
+        .wait_for("Tunnel closed by the service", SECS_20);
+}
+
+#[test]
+fn a_second_proxy_with_the_same_token_replaces_the_first_which_exits_3() {
+    let _w = watchdog("replaced", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    // Two proxies started with the same configuration (same access and
+    // client token), as a duplicated service unit would.
+    let args = [
+        "-d",
+        "SSH1=22",
+        "-i",
+        "shared-client-token-0123456789abcdef",
+    ];
+    let mut first = proxy(&service, &tunnel.destination_token, &args, "dst1");
+    first
+        .stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    let second = proxy(&service, &tunnel.destination_token, &args, "dst2");
+    second
+        .stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    let code = first.wait_exit(SECS_20);
+    assert_eq!(code, 3, "{}", first.stderr.all());
+    assert!(first.stderr.all().contains("replaced"));
+}
+
+#[test]
+fn sigterm_closes_and_exits_0_within_a_second() {
+    let _w = watchdog("sigterm", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let dest = proxy(
+        &service,
+        &tunnel.destination_token,
+        &["-d", &format!("SSH1={echo}")],
+        "dst",
+    );
+    dest.stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    let mut source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    let port = listening_port(&source, "SSH1");
+    let client = connect(port);
+    let got = echo_through(
+        client.try_clone().expect("clone"),
+        Arc::new(b"ping".to_vec()),
+    );
+    assert_eq!(got, b"ping");
+    let t = Instant::now();
+    source.signal(libc::SIGTERM);
+    let code = source.wait_exit(Duration::from_secs(5));
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{}", source.stderr.all());
+    assert!(took < Duration::from_millis(1500), "exit took {took:?}");
+    // The local connection was closed.
+    let mut c = client;
+    let mut b = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut c, &mut b).unwrap_or(0), 0);
+}
+
+#[test]
+fn tokens_never_appear_in_output_at_trace_level() {
+    let _w = watchdog("tokens_hidden", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let client_token = "visible-client-token-must-not-leak-0123456789";
+    let mut dest = proxy(
+        &service,
+        &tunnel.destination_token,
+        &["-d", &format!("SSH1={echo}"), "-v", "6", "-i", client_token],
+        "dst",
+    );
+    dest.stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    let mut source = proxy(
+        &service,
+        &tunnel.source_token,
+        &["-m", "source", "-v", "6", "-t", &tunnel.source_token],
+        "src",
+    );
+    let port = listening_port(&source, "SSH1");
+    let got = echo_through(connect(port), Arc::new(b"secret-free".to_vec()));
+    assert_eq!(got, b"secret-free");
+    service.client(&["close", "--tunnel-id", &tunnel.id]);
+    dest.wait_exit(SECS_20);
+    source.wait_exit(SECS_20);
+    for (name, p) in [("destination", &dest), ("source", &source)] {
+        let out = format!("{}\n{}", p.stdout.all(), p.stderr.all());
+        assert!(out.len() > 200, "{name} logged at trace level");
+        for secret in [
+            &tunnel.source_token,
+            &tunnel.destination_token,
+            client_token,
+        ] {
+            assert!(!out.contains(secret), "{name} printed a token");
+        }
+    }
+    // -t on the command line earns a warning.
+    assert!(source.stderr.all().contains("visible to other users"));
+}
