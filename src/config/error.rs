@@ -161,6 +161,9 @@ impl fmt::Display for ConfigError {
                 f,
                 "invalid service mapping '{item}' in {location}: {reason}"
             )?,
+            ConfigError::DuplicateService { id, first, second } if first == second => {
+                write!(f, "service id '{id}' is mapped twice in {first}")?
+            }
             ConfigError::DuplicateService { id, first, second } => write!(
                 f,
                 "service id '{id}' is mapped twice: in {first} and in {second}"
