@@ -11,6 +11,7 @@ pub mod proto;
 
 pub mod config;
 pub mod frame;
+pub mod logging;
 pub mod protocol;
 pub mod secret;
 pub mod service;
@@ -21,3 +22,16 @@ pub mod streams;
 pub mod tcp;
 pub mod tls;
 pub mod transport;
+
+/// Runs the proxy with `config` until the tunnel closes.
+///
+/// Placeholder until the tunnel is wired in: logs and returns.
+pub fn run(config: config::Config) -> Result<(), Box<dyn std::error::Error>> {
+    log::info!(
+        "tunnel not implemented yet ({} mode, endpoint {}:{})",
+        config.mode.as_query(),
+        config.endpoint.host,
+        config.endpoint.port
+    );
+    Ok(())
+}

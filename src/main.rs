@@ -1,5 +1,49 @@
 //! `localproxy`: parse the command line, set up logging, run, map errors to exit codes.
+//!
+//! Exit status:
+//! - 0: the tunnel was closed or expired; `--help`, `--version`,
+//!   `--export-default-settings`.
+//! - 1: usage or configuration error (message on stderr, ending with
+//!   "Try 'localproxy --help' for more information.").
 
-fn main() {
-    println!("localproxy: not yet");
+use std::io::Write;
+use std::process::ExitCode;
+
+use localproxy::config::{self, Action, ConfigError};
+use localproxy::logging;
+
+fn main() -> ExitCode {
+    let action = config::args_from_os(std::env::args_os().skip(1))
+        .and_then(|args| config::parse(&args, &|name| std::env::var(name).ok()));
+    match action {
+        Err(e) => usage_error(&e),
+        Ok(Action::Help(text)) | Ok(Action::Version(text)) => {
+            // A closed stdout (`localproxy --help | head -1`) is not an error.
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Ok(Action::ExportSettings(path)) => match config::write_default_settings(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => usage_error(&e),
+        },
+        Ok(Action::Run(config, notes)) => {
+            logging::init(notes.verbosity);
+            for warning in &notes.warnings {
+                log::warn!("{warning}");
+            }
+            match localproxy::run(*config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Prints `e` once to stderr and returns its exit status.
+fn usage_error(e: &ConfigError) -> ExitCode {
+    eprintln!("localproxy: {e}");
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
 }

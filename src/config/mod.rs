@@ -127,3 +127,22 @@ pub struct Config {
     pub peer_version: PeerVersion,
     pub settings: Settings,
 }
+
+mod cli;
+mod error;
+mod file;
+mod load;
+mod mapping;
+mod opt;
+mod settings;
+
+pub use error::{ConfigError, TRY_HELP};
+pub use load::{
+    args_from_os, parse, parse_with_default_dir, write_default_settings, Action, RunNotes,
+    DEFAULT_CONFIG_DIR, DEFAULT_VERBOSITY, ENV_VARS,
+};
+pub use mapping::{parse_destination, parse_host_port};
+pub use opt::{Opt, Origin};
+pub use settings::{
+    apply_json as apply_settings_json, export_json as export_settings_json, keys as settings_keys,
+};

@@ -1,0 +1,176 @@
+//! The `--config` file: INI lines `long-option-name = value`, `#` comments.
+
+use std::fs;
+use std::path::Path;
+
+use super::opt::Opt;
+
+/// One `key = value` line of a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub opt: Opt,
+    pub value: String,
+    /// 1-based line number.
+    pub line: usize,
+}
+
+/// Why a config file cannot be used; `line` is 0 for the file as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileIssue {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Reads and parses the file at `path`.
+pub fn read(path: &Path) -> Result<Vec<Entry>, FileIssue> {
+    let text = fs::read_to_string(path).map_err(|e| FileIssue {
+        line: 0,
+        reason: e.to_string(),
+    })?;
+    parse(&text)
+}
+
+/// Removes a `#` comment: at the start of the line or after white space (so a
+/// value such as `a#b` keeps its `#`).
+fn strip_comment(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
+            return &line[..i];
+        }
+    }
+    line
+}
+
+/// Removes one pair of matching surrounding quotes.
+fn unquote(value: &str) -> &str {
+    for q in ['"', '\''] {
+        if value.len() >= 2 && value.starts_with(q) && value.ends_with(q) {
+            return &value[1..value.len() - 1];
+        }
+    }
+    value
+}
+
+/// Parses config file text. Keys are long option names (`region`,
+/// `access-token`, ...); blank lines and comments are skipped; a key given
+/// twice, an unknown key, or a line without `=` is an error.
+pub fn parse(text: &str) -> Result<Vec<Entry>, FileIssue> {
+    let mut out: Vec<Entry> = Vec::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let content = strip_comment(raw).trim();
+        if content.is_empty() || content.starts_with(';') {
+            continue;
+        }
+        let fail = |reason: String| Err(FileIssue { line, reason });
+        if content.starts_with('[') {
+            return fail(format!("sections are not supported: '{content}'"));
+        }
+        let Some((key, value)) = content.split_once('=') else {
+            // Never echo the line: it may be a token written without its key.
+            let word = content.split_whitespace().next().unwrap_or("");
+            return match Opt::from_file_key(word) {
+                Some(_) => fail(format!("expected '{word} = value'")),
+                None => fail("expected 'option = value'".to_string()),
+            };
+        };
+        let key = key.trim();
+        let Some(opt) = Opt::from_file_key(key) else {
+            // Echo the key only when it looks like an option name: a line may
+            // be a token written without its key (base64 holds '=').
+            let shown =
+                if key.len() <= 40 && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+                    format!(" '{key}'")
+                } else {
+                    String::new()
+                };
+            return fail(format!(
+                "unknown option{shown} (keys are long option names such as 'region'; \
+                 --config, --export-default-settings, --help and --version are command-line only)"
+            ));
+        };
+        if let Some(first) = out.iter().find(|e| e.opt == opt) {
+            return fail(format!("'{key}' is already set on line {}", first.line));
+        }
+        out.push(Entry {
+            opt,
+            value: unquote(value.trim()).to_string(),
+            line,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether users other than the owner may read the file (Unix permission bits).
+#[cfg(unix)]
+pub fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o044 != 0)
+        .unwrap_or(false)
+}
+
+/// Whether users other than the owner may read the file (unknown: no).
+#[cfg(not(unix))]
+pub fn readable_by_others(_path: &Path) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_reference_example() {
+        let got = parse(
+            "# tunnel\ncapath = /opt/rootca\nregion = us-west-2\n\
+             local-bind-address = ::1\n  source-listen-port=6000  # fixed port\n",
+        )
+        .unwrap();
+        let pairs: Vec<_> = got
+            .iter()
+            .map(|e| (e.opt, e.value.as_str(), e.line))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                (Opt::Capath, "/opt/rootca", 2),
+                (Opt::Region, "us-west-2", 3),
+                (Opt::LocalBindAddress, "::1", 4),
+                (Opt::SourceListenPort, "6000", 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn quotes_and_hashes_inside_values() {
+        let got = parse("access-token = \"a b\"\nclient-token = x#y\n").unwrap();
+        assert_eq!(got[0].value, "a b");
+        assert_eq!(got[1].value, "x#y");
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_and_key() {
+        let e = parse("region = a\nbogus = 1\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("'bogus'"));
+        let e = parse("config = other.ini").unwrap_err();
+        assert!(e.reason.contains("'config'"));
+        let e = parse("\nregion\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        let e = parse("region = a\nregion = b\n").unwrap_err();
+        assert!(e.reason.contains("line 1"));
+        assert!(parse("[proxy]\n").is_err());
+    }
+
+    #[test]
+    fn a_line_without_equals_does_not_echo_the_whole_line() {
+        let e = parse("AQGAAXsecret token-ish value").unwrap_err();
+        assert!(!e.reason.contains("AQGA"));
+        let e = parse("AQGAAXsecrettokenvalue==").unwrap_err();
+        assert!(!e.reason.contains("AQGA"));
+        let e = parse("region us-east-1").unwrap_err();
+        assert!(e.reason.contains("'region = value'"));
+    }
+}

@@ -1,0 +1,389 @@
+//! Service mappings: `-s`/`-d` values, `--config-dir` files, ports, `host:port`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{DestinationAddr, Mode, ServiceMapping, Target};
+
+/// Why one item of a mapping is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingIssue {
+    /// The item at fault, as written.
+    pub item: String,
+    pub reason: String,
+}
+
+/// A mapping and where it was written (for duplicate-id messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub mapping: ServiceMapping,
+    pub location: String,
+}
+
+/// Why a `--config-dir` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirIssue {
+    /// The directory or one of its files cannot be read.
+    Unreadable { path: PathBuf, reason: String },
+    /// A line is not `ID = value`.
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        issue: MappingIssue,
+    },
+}
+
+/// Deepest directory nesting read below a `--config-dir` (guards symlink loops).
+const MAX_DIR_DEPTH: usize = 16;
+
+/// A port in 1..=65535.
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    let text = text.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{text}' is not a port number (1-65535)"));
+    }
+    match text.parse::<u32>() {
+        Ok(p) if (1..=65_535).contains(&p) => Ok(p as u16),
+        _ => Err(format!("port {text} is outside 1-65535")),
+    }
+}
+
+/// `host:port`, `[v6]:port`, or `host` alone when `default_port` is given.
+/// The host is returned without brackets.
+pub fn parse_host_port(text: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+    let text = text.trim();
+    if let Some(rest) = text.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!("'{text}': missing ']' after the IPv6 address"));
+        };
+        if host.is_empty() {
+            return Err(format!("'{text}': empty host"));
+        }
+        let port = match after.strip_prefix(':') {
+            Some(port) => parse_port(port)?,
+            None if after.is_empty() => default_port
+                .ok_or_else(|| format!("'{text}': a port is needed ([address]:port)"))?,
+            None => return Err(format!("'{text}': expected ':port' after ']'")),
+        };
+        return Ok((host.to_string(), port));
+    }
+    let (host, port) = match text.rsplit_once(':') {
+        Some((host, _)) if host.contains(':') => {
+            return Err(format!(
+                "'{text}': write an IPv6 address in brackets, as [address]:port"
+            ))
+        }
+        Some((host, port)) => (host, parse_port(port)?),
+        None => (
+            text,
+            default_port.ok_or_else(|| format!("'{text}': expected host:port"))?,
+        ),
+    };
+    if host.is_empty() {
+        return Err(format!("'{text}': empty host"));
+    }
+    if host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(format!("'{text}': '{host}' is not a host name or address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// A destination: `port` (on localhost), `host:port`, `[v6]:port`, or a Unix
+/// socket path (any value containing `/`).
+pub fn parse_destination(text: &str) -> Result<DestinationAddr, String> {
+    let text = text.trim();
+    if text.contains('/') {
+        return Ok(DestinationAddr::Unix(PathBuf::from(text)));
+    }
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(DestinationAddr::Tcp {
+            host: "localhost".to_string(),
+            port: parse_port(text)?,
+        });
+    }
+    let (host, port) = parse_host_port(text, None)?;
+    Ok(DestinationAddr::Tcp { host, port })
+}
+
+/// The target of one mapping value in `mode`.
+pub fn parse_target(text: &str, mode: Mode) -> Result<Target, String> {
+    match mode {
+        Mode::Source => parse_port(text).map(Target::Listen),
+        Mode::Destination => parse_destination(text).map(Target::Connect),
+    }
+}
+
+/// Splits `ID=value` (the id must not contain `/`, so a socket path with `=`
+/// stays a value). `None` when the item has no id.
+fn split_id(item: &str) -> Option<(&str, &str)> {
+    item.split_once('=').filter(|(id, _)| !id.contains('/'))
+}
+
+/// Checks a service id: non-empty, no white space, no `,`.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        Err("empty service id before '='".to_string())
+    } else if id.chars().any(|c| c.is_whitespace() || c == ',') {
+        Err(format!("service id '{id}' contains white space or ','"))
+    } else {
+        Ok(())
+    }
+}
+
+/// An `-s`/`-d` value: one unnamed target (`5555`, `22`, `host:port`, path)
+/// or `ID=target,ID=target,...`.
+pub fn parse_mappings(value: &str, mode: Mode) -> Result<Vec<ServiceMapping>, MappingIssue> {
+    let issue = |item: &str, reason: String| MappingIssue {
+        item: item.to_string(),
+        reason,
+    };
+    let items: Vec<&str> = value.split(',').map(str::trim).collect();
+    if items.len() == 1 && split_id(items[0]).is_none() {
+        let target = parse_target(items[0], mode).map_err(|r| issue(items[0], r))?;
+        return Ok(vec![ServiceMapping { id: None, target }]);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some((id, target)) = split_id(item) else {
+            let reason = if item.is_empty() {
+                "empty item (stray ',')".to_string()
+            } else {
+                "several services need ids: write ID=value for each".to_string()
+            };
+            return Err(issue(item, reason));
+        };
+        let id = id.trim();
+        check_id(id).map_err(|r| issue(item, r))?;
+        let target = parse_target(target, mode).map_err(|r| issue(item, r))?;
+        out.push(ServiceMapping {
+            id: Some(id.to_string()),
+            target,
+        });
+    }
+    Ok(out)
+}
+
+/// The first duplicate service id of `mappings`, with both locations.
+pub fn find_duplicate(mappings: &[Located]) -> Option<(String, String, String)> {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for m in mappings {
+        if let Some(id) = m.mapping.id.as_deref() {
+            if let Some(first) = seen.insert(id, &m.location) {
+                return Some((id.to_string(), first.to_string(), m.location.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// Reads every file below `dir` (recursively, in name order): lines
+/// `ID = port|host:port|path`, blank lines and `#` comments.
+pub fn read_config_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, DirIssue> {
+    let mut files = Vec::new();
+    collect_files(dir, 0, &mut files)?;
+    let mut out = Vec::new();
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(|e| DirIssue::Unreadable {
+            path: file.clone(),
+            reason: e.to_string(),
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            let bad = |reason: String| DirIssue::BadLine {
+                path: file.clone(),
+                line: n + 1,
+                issue: MappingIssue {
+                    item: line.to_string(),
+                    reason,
+                },
+            };
+            let Some((id, value)) = split_id(line) else {
+                return Err(bad("expected ID = value".to_string()));
+            };
+            let id = id.trim();
+            check_id(id).map_err(bad)?;
+            let target = parse_target(value, mode).map_err(bad)?;
+            out.push(Located {
+                mapping: ServiceMapping {
+                    id: Some(id.to_string()),
+                    target,
+                },
+                location: format!("{}, line {}", file.display(), n + 1),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DirIssue> {
+    let unreadable = |path: &Path, e: std::io::Error| DirIssue::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if depth > MAX_DIR_DEPTH {
+        return Err(DirIssue::Unreadable {
+            path: dir.to_path_buf(),
+            reason: format!("nested more than {MAX_DIR_DEPTH} directories deep"),
+        });
+    }
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| unreadable(dir, e))? {
+        entries.push(entry.map_err(|e| unreadable(dir, e))?.path());
+    }
+    entries.sort();
+    for path in entries {
+        // `metadata` follows symbolic links, so linked files and directories count.
+        let meta = fs::metadata(&path).map_err(|e| unreadable(&path, e))?;
+        if meta.is_dir() {
+            collect_files(&path, depth + 1, out)?;
+        } else if meta.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16) -> Target {
+        Target::Connect(DestinationAddr::Tcp {
+            host: host.into(),
+            port,
+        })
+    }
+
+    #[test]
+    fn ports_are_1_to_65535() {
+        assert_eq!(parse_port("5555"), Ok(5555));
+        assert_eq!(parse_port(" 65535 "), Ok(65535));
+        assert!(parse_port("0").unwrap_err().contains("outside 1-65535"));
+        assert!(parse_port("65536").unwrap_err().contains("outside"));
+        assert!(parse_port("99999999999").unwrap_err().contains("outside"));
+        assert!(parse_port("-1").unwrap_err().contains("not a port"));
+        assert!(parse_port("ssh").unwrap_err().contains("not a port"));
+        assert!(parse_port("").is_err());
+    }
+
+    #[test]
+    fn host_port_accepts_names_v4_and_bracketed_v6() {
+        assert_eq!(parse_host_port("h:8443", None), Ok(("h".into(), 8443)));
+        assert_eq!(
+            parse_host_port("10.0.0.1:80", None),
+            Ok(("10.0.0.1".into(), 80))
+        );
+        assert_eq!(parse_host_port("[::1]:22", None), Ok(("::1".into(), 22)));
+        assert_eq!(parse_host_port("[::1]", Some(443)), Ok(("::1".into(), 443)));
+        assert_eq!(parse_host_port("h", Some(443)), Ok(("h".into(), 443)));
+        assert!(parse_host_port("h", None).is_err());
+        assert!(parse_host_port("::1:22", None)
+            .unwrap_err()
+            .contains("brackets"));
+        assert!(parse_host_port("[::1:22", None).is_err());
+        assert!(parse_host_port(":22", None).unwrap_err().contains("empty"));
+        assert!(parse_host_port("h:0", None).is_err());
+    }
+
+    #[test]
+    fn source_values_are_ports() {
+        assert_eq!(
+            parse_mappings("5555", Mode::Source),
+            Ok(vec![ServiceMapping {
+                id: None,
+                target: Target::Listen(5555)
+            }])
+        );
+        let m = parse_mappings("SSH1=5555, SSH2 = 6666", Mode::Source).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].id.as_deref(), Some("SSH2"));
+        assert_eq!(m[1].target, Target::Listen(6666));
+        assert!(parse_mappings("0", Mode::Source).is_err());
+        assert!(parse_mappings("SSH1=localhost:22", Mode::Source).is_err());
+    }
+
+    #[test]
+    fn destination_values_are_addresses_or_socket_paths() {
+        let m = parse_mappings(
+            "SSH1=22,WEB=10.0.0.1:80,APP=/run/app.sock",
+            Mode::Destination,
+        )
+        .unwrap();
+        assert_eq!(m[0].target, tcp("localhost", 22));
+        assert_eq!(m[1].target, tcp("10.0.0.1", 80));
+        assert_eq!(
+            m[2].target,
+            Target::Connect(DestinationAddr::Unix("/run/app.sock".into()))
+        );
+        let one = parse_mappings("host:2222", Mode::Destination).unwrap();
+        assert_eq!(one[0].id, None);
+        assert_eq!(one[0].target, tcp("host", 2222));
+        let path = parse_mappings("/tmp/a=b.sock", Mode::Destination).unwrap();
+        assert_eq!(path[0].id, None);
+        assert_eq!(
+            path[0].target,
+            Target::Connect(DestinationAddr::Unix("/tmp/a=b.sock".into()))
+        );
+    }
+
+    #[test]
+    fn several_values_all_need_ids() {
+        let e = parse_mappings("5555,SSH=6666", Mode::Source).unwrap_err();
+        assert_eq!(e.item, "5555");
+        assert!(e.reason.contains("ID=value"));
+        assert!(parse_mappings("A=1,,B=2", Mode::Source).is_err());
+        assert!(parse_mappings("=1", Mode::Source)
+            .unwrap_err()
+            .reason
+            .contains("empty"));
+    }
+
+    #[test]
+    fn duplicates_are_found_with_both_places() {
+        let at = |id: &str, loc: &str| Located {
+            mapping: ServiceMapping {
+                id: Some(id.into()),
+                target: Target::Listen(1),
+            },
+            location: loc.into(),
+        };
+        assert_eq!(find_duplicate(&[at("A", "x"), at("B", "y")]), None);
+        assert_eq!(
+            find_duplicate(&[at("A", "x"), at("B", "y"), at("A", "z")]),
+            Some(("A".into(), "x".into(), "z".into()))
+        );
+    }
+
+    #[test]
+    fn config_dir_is_read_recursively_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("lp-cfgdir-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("a.ini"), "# comment\n\nSSH1 = 22\n").unwrap();
+        fs::write(
+            dir.join("sub/b.ini"),
+            "WEB=10.0.0.1:80\nAPP = /run/app.sock\n",
+        )
+        .unwrap();
+        let got = read_config_dir(&dir, Mode::Destination).unwrap();
+        let ids: Vec<_> = got.iter().map(|l| l.mapping.id.clone().unwrap()).collect();
+        assert_eq!(ids, ["SSH1", "WEB", "APP"]);
+        assert_eq!(got[0].mapping.target, tcp("localhost", 22));
+        assert!(got[1].location.ends_with("b.ini, line 1"));
+
+        fs::write(dir.join("c.ini"), "justaport\n").unwrap();
+        match read_config_dir(&dir, Mode::Destination) {
+            Err(DirIssue::BadLine { line: 1, path, .. }) => assert!(path.ends_with("c.ini")),
+            other => panic!("{other:?}"),
+        }
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            read_config_dir(&dir, Mode::Source),
+            Err(DirIssue::Unreadable { .. })
+        ));
+    }
+}
