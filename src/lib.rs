@@ -23,15 +23,12 @@ pub mod tcp;
 pub mod tls;
 pub mod transport;
 
-/// Runs the proxy with `config` until the tunnel closes.
-///
-/// Placeholder until the tunnel is wired in: logs and returns.
-pub fn run(config: config::Config) -> Result<(), Box<dyn std::error::Error>> {
-    log::info!(
-        "tunnel not implemented yet ({} mode, endpoint {}:{})",
-        config.mode.as_query(),
-        config.endpoint.host,
-        config.endpoint.port
-    );
-    Ok(())
+/// Runs the proxy with `config` until the tunnel closes, a final error, or
+/// SIGINT/SIGTERM. Call it before spawning any thread: it blocks those
+/// signals for the whole process and handles them on a thread of its own.
+pub fn run(config: config::Config) -> Result<(), session::RunError> {
+    let stop = stop::Stop::new();
+    stop::install(stop.clone())
+        .map_err(|e| session::RunError::Setup(format!("cannot set up signal handling: {e}")))?;
+    session::run(config, stop)
 }

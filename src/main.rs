@@ -4,7 +4,15 @@
 //! - 0: the tunnel was closed or expired; `--help`, `--version`,
 //!   `--export-default-settings`.
 //! - 1: usage or configuration error (message on stderr, ending with
-//!   "Try 'localproxy --help' for more information.").
+//!   "Try 'localproxy --help' for more information."), a mapping that does
+//!   not match the tunnel's services, or a local port that cannot be bound.
+//! - 2: the service refused the handshake (4xx: token spent, rotated or
+//!   wrong, wrong mode or region): retrying cannot help.
+//! - 3: another proxy connected with the same token and replaced this one.
+//! - 4: could not connect within `connect_retry_count` attempts.
+//! - 5: protocol error with `reconnect_on_data_error` false.
+//!
+//! SIGINT and SIGTERM close the tunnel and exit 0.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,8 +42,9 @@ fn main() -> ExitCode {
             match localproxy::run(*config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    log::error!("{e}");
-                    ExitCode::FAILURE
+                    // Printed once, whatever the verbosity.
+                    eprintln!("localproxy: {e}");
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
                 }
             }
         }

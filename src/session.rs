@@ -130,7 +130,8 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
         }
         if cfg.no_ssl_host_verify {
             log::warn!(
-                "TLS certificate verification is off (-k): anyone on the path can read the tunnel"
+                "-k/--no-ssl-host-verify: the service's certificate is NOT verified; anyone on \
+                 the path can read the tunnel. Use this for tests only"
             );
         }
         log::info!(

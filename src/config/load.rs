@@ -425,13 +425,7 @@ fn build(
             _ => return Err(invalid(Opt::NoSslHostVerify, g, "true or false")),
         },
     };
-    if no_ssl_host_verify {
-        warnings.push(format!(
-            "{}: the service's certificate is NOT verified; anyone on the path can read \
-             the tunnel. Use this for tests only",
-            Opt::NoSslHostVerify
-        ));
-    }
+    // The warning for -k is logged by the session at every connect.
 
     let mut settings = Settings::default();
     if let Some(g) = get(Opt::SettingsJson) {
@@ -941,10 +935,9 @@ mod tests {
             "k.ini",
             "no-ssl-host-verify = true\nsource-listen-port = A=1,B=2\n",
         );
-        let (c, n) = run(&["--config", &ini], &ENV);
+        let (c, _) = run(&["--config", &ini], &ENV);
         assert!(c.no_ssl_host_verify);
         assert_eq!(c.services.len(), 2);
-        assert!(n.warnings.iter().any(|w| w.contains("NOT verified")));
         let ini = dir.file("k2.ini", "no-ssl-host-verify = maybe\n");
         let e = fail(&["-s", "1", "--config", &ini], &ENV);
         assert!(e.to_string().contains("-k/--no-ssl-host-verify"));
