@@ -200,7 +200,7 @@ impl fmt::Display for ConnectError {
                         write!(f, "CONNECT refused with HTTP {status} {status_text}")?;
                         if *status == 407 {
                             f.write_str(
-                                " (proxy authentication required: check the user:password \
+                                " (proxy authentication required: check the user and password \
                                  in HTTPS_PROXY)",
                             )?;
                         }
