@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,44 @@ const IO_TIMEOUT: Duration = Duration::from_secs(15);
 const ACCESS: &str = "ACCESS-TOKEN-VALUE-1234";
 const CLIENT: &str = "client-token-0123456789abcdef0123456789";
 const MAX_FRAME: usize = 131_076;
+
+/// Records the log lines (trace included) of this test binary but tungstenite's: lines of
+/// the transport module are kept, and any line holding a token is counted.
+struct Capture;
+
+static TRANSPORT_LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static LEAKS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        // tungstenite never sees the tokens (the upgrade request is ours) and
+        // its trace hex-dumps every frame: too slow for the bulk test.
+        !m.target().starts_with("tungstenite")
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format!("{} {}", record.target(), record.args());
+        if line.contains(ACCESS) || line.contains(CLIENT) {
+            LEAKS.lock().unwrap().push(line.clone());
+        }
+        if record.target().starts_with("localproxy::transport") {
+            TRANSPORT_LOGS.lock().unwrap().push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logger() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = log::set_logger(&Capture);
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
 
 /// Runs `f` on a thread and fails if it has not finished within `secs`.
 fn with_deadline<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
@@ -207,6 +245,7 @@ impl Client {
     }
 
     fn connect(&self) -> Result<Connection, ConnectError> {
+        init_logger();
         connect(&ConnectOptions {
             endpoint: &self.endpoint,
             mode: Mode::Source,
@@ -263,6 +302,12 @@ fn handshake_sends_tokens_and_reports_channel_and_subprotocol() {
         let (mut r, mut w) = conn.split();
         assert_eq!(r.read().unwrap(), Incoming::Binary(b"hello".to_vec()));
         w.send_binary(b"from client").unwrap();
+        // Trace was on: the redacted request was logged, no token anywhere.
+        let logs = TRANSPORT_LOGS.lock().unwrap().join("\n");
+        assert!(logs.contains("access-token: <redacted>"), "{logs}");
+        assert!(logs.contains("client-token: <redacted>"), "{logs}");
+        assert!(logs.contains("channel-id chan-42"), "{logs}");
+        assert_eq!(*LEAKS.lock().unwrap(), Vec::<String>::new());
     });
 }
 
