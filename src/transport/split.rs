@@ -248,6 +248,13 @@ impl WsWriter {
         })
     }
 
+    /// A timeout for socket writes (`None`: block until the peer reads). When
+    /// it elapses the send fails with `Io`; the connection must then be
+    /// dropped, since part of a frame may have been written.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.shared.sock.set_write_timeout(timeout)
+    }
+
     /// A handle that shuts the socket down, from any thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
