@@ -22,6 +22,11 @@ pub fn init(verbosity: u8) {
     builder
         .target(env_logger::Target::Stderr)
         .filter_level(level_for(verbosity));
+    if level_for(verbosity) > LevelFilter::Debug {
+        // tungstenite hex-dumps every frame at trace: slow and useless next
+        // to our own trace lines. RUST_LOG can still ask for it.
+        builder.filter_module("tungstenite", LevelFilter::Debug);
+    }
     if let Ok(filters) = std::env::var("RUST_LOG") {
         if !filters.trim().is_empty() {
             builder.parse_filters(&filters);

@@ -355,7 +355,11 @@ impl Shared {
                     let _ = control_tx.send(Control::Flush);
                 }
                 Ok(Incoming::Pong(payload)) => log_pong(&payload),
-                Ok(Incoming::Close(frame)) => break close_outcome(frame),
+                Ok(Incoming::Close(frame)) => {
+                    // The close reply is queued: let the writer send it.
+                    let _ = control_tx.send(Control::Flush);
+                    break close_outcome(frame);
+                }
                 Err(e) if stop.is_set() => {
                     log::debug!("reader ended while stopping: {e}");
                     break End::Stopped;

@@ -1,120 +1,423 @@
-//! TLS WebSocket transport to the tunneling service (stub API; the real one lands from the transport branch).
-#![allow(dead_code, unused_variables)]
+//! TLS WebSocket transport to the tunneling service: TCP (optionally through
+//! an HTTP CONNECT web proxy), TLS with OpenSSL, the upgrade handshake, and a
+//! reader/writer split usable from two threads.
+//!
+//! Files: [`memio`] (OpenSSL over in-memory buffers), `tls` (OpenSSL setup),
+//! `proxy` (web proxy), `handshake` (upgrade request and checks), `http`
+//! (response heads), `split` (reader and writer), `error` (error types).
 
-use std::fmt;
+mod error;
+mod handshake;
+mod http;
+pub(crate) mod memio;
+mod proxy;
+mod split;
+mod tls;
+
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::SslStream;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::WebSocket;
+
+pub use error::{ConnectError, ProxyConfigError, ProxyFailure, TransportError};
+pub use proxy::{no_proxy_matches, ProxyScheme, WebProxy};
+pub use split::{Incoming, ShutdownHandle, WsReader, WsWriter};
 
 use crate::config::{Endpoint, Mode};
 use crate::secret::Secret;
+use handshake::{UpgradeRequest, Verdict};
+use http::{read_head, HeadError};
+use memio::{MemIo, Outer, Pump};
+use proxy::host_port;
 
-pub struct WebProxy;
-#[derive(Debug)]
-pub struct ProxyConfigError;
-impl fmt::Display for ProxyConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("stub")
-    }
-}
-impl std::error::Error for ProxyConfigError {}
-impl WebProxy {
-    pub fn from_env(
-        env: &dyn Fn(&str) -> Option<String>,
-        target_host: &str,
-    ) -> Result<Option<WebProxy>, ProxyConfigError> {
-        Ok(None)
-    }
-}
-
+/// What [`connect`] needs.
+#[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions<'a> {
     pub endpoint: &'a Endpoint,
     pub mode: Mode,
     pub access_token: &'a Secret,
     pub client_token: Option<&'a Secret>,
+    /// Offered subprotocol(s) (`settings.subprotocol`, normally `SUBPROTOCOL_V3`;
+    /// a comma-separated list offers several).
     pub subprotocol: &'a str,
+    /// `-c`: extra trusted CAs, a directory (hashed names) or a PEM file.
     pub capath: Option<&'a Path>,
+    /// `-k`: no certificate or host name verification.
     pub no_ssl_host_verify: bool,
+    /// `settings.max_frame_size`: largest message accepted or sent.
     pub max_frame_size: usize,
     pub web_proxy: Option<&'a WebProxy>,
+    /// Bounds the whole connect: TCP, proxy, TLS and upgrade.
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug)]
-pub enum ConnectError {
-    Refused { status: u16, reason: Option<String> },
-    Network(std::io::Error),
-}
-impl ConnectError {
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, ConnectError::Refused { .. })
-    }
-}
-impl fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("stub")
-    }
-}
-impl std::error::Error for ConnectError {}
-
-#[derive(Debug)]
-pub enum TransportError {
-    Io(std::io::Error),
-}
-impl fmt::Display for TransportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("stub")
-    }
-}
-impl std::error::Error for TransportError {}
-
-pub struct Connection;
-pub struct WsReader;
-pub struct WsWriter;
-#[derive(Clone)]
-pub struct ShutdownHandle;
-pub enum Incoming {
-    Binary(Vec<u8>),
-    Ping,
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
+/// An upgraded connection, ready to [`split`](Connection::split).
+pub struct Connection {
+    state: split::State,
+    read_sock: TcpStream,
+    sock: Arc<TcpStream>,
+    channel_id: Option<String>,
+    subprotocol: String,
+    max_frame_size: usize,
 }
 
-pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
-    Err(ConnectError::Network(std::io::Error::other("stub")))
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("channel_id", &self.channel_id)
+            .field("subprotocol", &self.subprotocol)
+            .finish_non_exhaustive()
+    }
 }
+
 impl Connection {
+    /// The service's `channel-id` for this connection, if it sent one.
     pub fn channel_id(&self) -> Option<&str> {
-        None
+        self.channel_id.as_deref()
     }
+
+    /// The subprotocol the service chose.
     pub fn subprotocol(&self) -> &str {
-        ""
+        &self.subprotocol
     }
-    pub fn split(self) -> (WsReader, WsWriter) {
-        (WsReader, WsWriter)
-    }
-}
-impl WsReader {
-    pub fn read(&mut self) -> Result<Incoming, TransportError> {
-        Err(TransportError::Io(std::io::Error::other("stub")))
-    }
-}
-impl WsWriter {
-    pub fn send_binary(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        Ok(())
-    }
-    pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), TransportError> {
-        Ok(())
-    }
-    pub fn send_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError> {
-        Ok(())
-    }
-    pub fn flush_control(&mut self) -> Result<(), TransportError> {
-        Ok(())
-    }
+
+    /// A handle that shuts the socket down (also available from the writer).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle
+        ShutdownHandle::new(self.sock.clone())
+    }
+
+    /// Splits into the reading and the writing half.
+    pub fn split(self) -> (WsReader, WsWriter) {
+        split::split(self.state, self.read_sock, self.sock, self.max_frame_size)
     }
 }
-impl ShutdownHandle {
-    pub fn shutdown(&self) {}
+
+/// The WebSocket limits for a given `max_frame_size`.
+fn ws_config(max_frame_size: usize) -> WebSocketConfig {
+    WebSocketConfig {
+        max_frame_size: Some(max_frame_size),
+        max_message_size: Some(max_frame_size),
+        write_buffer_size: 0,
+        accept_unmasked_frames: false,
+        ..WebSocketConfig::default()
+    }
+}
+
+/// Connects to the service and upgrades to a WebSocket.
+pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
+    let host = opts.endpoint.host.as_str();
+    let port = opts.endpoint.port;
+    let target = host_port(host, port);
+    let started = Instant::now();
+    let deadline = started + opts.connect_timeout;
+    if opts.no_ssl_host_verify {
+        log::warn!(
+            "TLS certificate and host name verification is OFF (-k/--no-ssl-host-verify) \
+             for {target}: anyone on the path can read the tunnel; use only for tests"
+        );
+    }
+    let tls_settings = tls::TlsSettings {
+        capath: opts.capath,
+        no_verify: opts.no_ssl_host_verify,
+    };
+    let connector =
+        tls::connector(&tls_settings).map_err(|detail| ConnectError::TlsSetup { detail })?;
+
+    // TCP, to the proxy or the endpoint.
+    let (tcp_host, tcp_port) = match opts.web_proxy {
+        Some(p) => (p.host(), p.port()),
+        None => (host, port),
+    };
+    let timeout_err = || ConnectError::Timeout {
+        target: target.clone(),
+        after: opts.connect_timeout,
+    };
+    let proxy_err = |p: &WebProxy, failure: ProxyFailure| ConnectError::Proxy {
+        proxy: p.to_string(),
+        failure,
+    };
+    let sock = match tcp_connect(tcp_host, tcp_port, deadline) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(match opts.web_proxy {
+                Some(p) => proxy_err(p, ProxyFailure::Io(e.into_io())),
+                None => e.into_connect_error(&target, opts.connect_timeout),
+            })
+        }
+    };
+    if let Err(e) = sock.set_nodelay(true) {
+        log::debug!("TCP_NODELAY on the tunnel socket: {e}");
+    }
+    log::debug!(
+        "TCP connected to {} in {} ms",
+        host_port(tcp_host, tcp_port),
+        started.elapsed().as_millis()
+    );
+    let pump = Pump {
+        sock: &sock,
+        deadline,
+    };
+
+    // Web proxy: optional TLS to it, then CONNECT.
+    let mut outer: Outer = None;
+    let mut initial = Vec::new();
+    if let Some(p) = opts.web_proxy {
+        let rest = match p.scheme() {
+            ProxyScheme::Http => {
+                let mut plain = MemIo::default();
+                let mut rest = proxy::connect_through(p, &mut plain, &pump, host, port)
+                    .map_err(|f| proxy_err(p, f))?;
+                rest.extend(plain.take_inbound());
+                rest
+            }
+            ProxyScheme::Https => {
+                let mut none: Outer = None;
+                let mut s = tls::handshake(
+                    &connector,
+                    p.host(),
+                    opts.no_ssl_host_verify,
+                    &[],
+                    &pump,
+                    &mut none,
+                )
+                .map_err(|f| {
+                    proxy_err(
+                        p,
+                        match f.io {
+                            Some(e) => ProxyFailure::Io(e),
+                            None => ProxyFailure::Tls {
+                                detail: f.detail,
+                                verify: f.verify,
+                            },
+                        },
+                    )
+                })?;
+                let rest = proxy::connect_through(p, &mut s, &pump, host, port)
+                    .map_err(|f| proxy_err(p, f))?;
+                outer = Some(s);
+                rest
+            }
+        };
+        log::debug!("web proxy {p} connected us to {target}");
+        initial = rest;
+    }
+
+    // TLS to the endpoint.
+    let mut tls = tls::handshake(
+        &connector,
+        host,
+        opts.no_ssl_host_verify,
+        &initial,
+        &pump,
+        &mut outer,
+    )
+    .map_err(|f| match f.io {
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => timeout_err(),
+        Some(e) => ConnectError::Network {
+            target: target.clone(),
+            during: "the TLS handshake",
+            source: e,
+        },
+        None => ConnectError::Tls {
+            target: target.clone(),
+            detail: f.detail,
+            verify: f.verify,
+        },
+    })?;
+    log::debug!(
+        "TLS established with {target} ({})",
+        tls.ssl().version_str()
+    );
+
+    // WebSocket upgrade.
+    let key = tungstenite::handshake::client::generate_key();
+    let (request, redacted) = UpgradeRequest {
+        host,
+        port,
+        mode: opts.mode,
+        access_token: opts.access_token,
+        client_token: opts.client_token,
+        subprotocol: opts.subprotocol,
+        key: &key,
+    }
+    .render()
+    .map_err(|detail| ConnectError::InvalidRequest { detail })?;
+    log::trace!("upgrade request to {target}:\n{redacted}");
+    let net = |during: &'static str| {
+        let target = target.clone();
+        move |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                timeout_err()
+            } else {
+                ConnectError::Network {
+                    target,
+                    during,
+                    source: e,
+                }
+            }
+        }
+    };
+    pump.write_all(&mut tls, &mut outer, request.as_bytes())
+        .map_err(net("sending the upgrade request"))?;
+    let (head, mut tail) = read_head(&mut tls, &pump, &mut outer).map_err(|e| match e {
+        HeadError::Io(e) => net("reading the upgrade response")(e),
+        HeadError::Malformed(detail) => ConnectError::Protocol {
+            target: target.clone(),
+            detail,
+        },
+    })?;
+    log::trace!(
+        "upgrade response from {target}: {} {} {:?}",
+        head.status,
+        head.status_text,
+        head.headers
+    );
+    let upgraded = match handshake::verify(&head, &key, opts.subprotocol) {
+        Verdict::Upgraded(u) => u,
+        Verdict::Refused { reason } => {
+            read_body(&head, &mut tail, &mut tls, &pump, &mut outer);
+            return Err(ConnectError::Refused {
+                target,
+                status: head.status,
+                status_text: head.status_text,
+                reason,
+                body: http::body_snippet(&tail),
+            });
+        }
+        Verdict::ServerError { reason } => {
+            return Err(ConnectError::ServerError {
+                target,
+                status: head.status,
+                status_text: head.status_text,
+                reason,
+            })
+        }
+        Verdict::Protocol(detail) => return Err(ConnectError::Protocol { target, detail }),
+    };
+
+    let net_setup = |e: std::io::Error| ConnectError::Network {
+        target: target.clone(),
+        during: "setting up the socket",
+        source: e,
+    };
+    sock.set_read_timeout(None).map_err(net_setup)?;
+    sock.set_write_timeout(None).map_err(net_setup)?;
+    let read_sock = sock.try_clone().map_err(net_setup)?;
+    match &upgraded.channel_id {
+        Some(id) => log::info!(
+            "connected to {target}: channel-id {id}, subprotocol {}",
+            upgraded.subprotocol
+        ),
+        None => log::warn!(
+            "connected to {target} (subprotocol {}) but the service sent no channel-id",
+            upgraded.subprotocol
+        ),
+    }
+    let ws = WebSocket::from_partially_read(
+        tls,
+        tail,
+        Role::Client,
+        Some(ws_config(opts.max_frame_size)),
+    );
+    Ok(Connection {
+        state: split::State { outer, ws },
+        read_sock,
+        sock: Arc::new(sock),
+        channel_id: upgraded.channel_id,
+        subprotocol: upgraded.subprotocol,
+        max_frame_size: opts.max_frame_size,
+    })
+}
+
+/// Best effort: reads a refusal's body up to its Content-Length (at most
+/// 1 KiB) so the error can quote it.
+fn read_body(
+    head: &http::ResponseHead,
+    body: &mut Vec<u8>,
+    tls: &mut SslStream<MemIo>,
+    pump: &Pump<'_>,
+    outer: &mut Outer,
+) {
+    let want = head
+        .header("Content-Length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1024);
+    let mut buf = [0u8; 1024];
+    while body.len() < want {
+        match pump.read(tls, outer, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Why the TCP connect failed.
+enum TcpError {
+    Resolve(std::io::Error),
+    Connect(std::io::Error),
+    Timeout,
+}
+
+impl TcpError {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            TcpError::Resolve(e) | TcpError::Connect(e) => e,
+            TcpError::Timeout => {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout elapsed")
+            }
+        }
+    }
+
+    fn into_connect_error(self, target: &str, after: Duration) -> ConnectError {
+        match self {
+            TcpError::Resolve(source) => ConnectError::Resolve {
+                target: target.to_string(),
+                source,
+            },
+            TcpError::Connect(source) => ConnectError::Network {
+                target: target.to_string(),
+                during: "connecting",
+                source,
+            },
+            TcpError::Timeout => ConnectError::Timeout {
+                target: target.to_string(),
+                after,
+            },
+        }
+    }
+}
+
+/// Connects to each resolved address of `host:port` in turn until `deadline`.
+fn tcp_connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, TcpError> {
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(TcpError::Resolve)?
+        .collect();
+    if addrs.is_empty() {
+        return Err(TcpError::Resolve(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no addresses",
+        )));
+    }
+    let mut last = None;
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TcpError::Timeout);
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(s) => return Ok(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => last = Some(TcpError::Timeout),
+            Err(e) => {
+                log::debug!("connecting to {addr}: {e}");
+                last = Some(TcpError::Connect(e));
+            }
+        }
+    }
+    Err(last.unwrap_or(TcpError::Timeout))
 }

@@ -1,0 +1,158 @@
+//! Minimal HTTP/1.1 response heads: read one off a layer (keeping the bytes
+//! that follow it) and parse its status line and headers.
+
+use std::io::{self, Read};
+
+use super::memio::{HasMemIo, Outer, Pump};
+
+/// Largest response head accepted.
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: u16,
+    pub(crate) status_text: String,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// The first value of header `name` (case-insensitive).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a head could not be read.
+#[derive(Debug)]
+pub(crate) enum HeadError {
+    Io(io::Error),
+    Malformed(String),
+}
+
+impl From<io::Error> for HeadError {
+    fn from(e: io::Error) -> Self {
+        HeadError::Io(e)
+    }
+}
+
+/// Reads a response head from `s`; returns it and the bytes read past it.
+pub(crate) fn read_head<S: Read + HasMemIo>(
+    s: &mut S,
+    pump: &Pump<'_>,
+    outer: &mut Outer,
+) -> Result<(ResponseHead, Vec<u8>), HeadError> {
+    let mut acc = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = pump.read(s, outer, &mut buf)?;
+        if n == 0 {
+            return Err(HeadError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed after {} bytes of the HTTP response",
+                    acc.len()
+                ),
+            )));
+        }
+        let start = acc.len().saturating_sub(3);
+        acc.extend_from_slice(&buf[..n]);
+        if let Some(pos) = acc[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let end = start + pos + 4;
+            let head = parse_head(&acc[..end]).map_err(HeadError::Malformed)?;
+            return Ok((head, acc[end..].to_vec()));
+        }
+        if acc.len() > MAX_HEAD {
+            return Err(HeadError::Malformed(format!(
+                "response head longer than {MAX_HEAD} bytes"
+            )));
+        }
+    }
+}
+
+/// Parses `HTTP/1.x NNN text\r\n(name: value\r\n)*\r\n`.
+pub(crate) fn parse_head(raw: &[u8]) -> Result<ResponseHead, String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "response head is not UTF-8".to_string())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(format!(
+            "not an HTTP/1.x status line: {:?}",
+            clip(status_line)
+        ));
+    }
+    let code = parts.next().unwrap_or_default();
+    let status = code
+        .parse::<u16>()
+        .ok()
+        .filter(|s| (100..=999).contains(s))
+        .ok_or_else(|| format!("bad status code in {:?}", clip(status_line)))?;
+    let status_text = parts.next().unwrap_or_default().trim().to_string();
+    let mut headers = Vec::new();
+    for line in lines {
+        if line.is_empty() {
+            continue;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("bad header line {:?}", clip(line)))?;
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    Ok(ResponseHead {
+        status,
+        status_text,
+        headers,
+    })
+}
+
+/// At most 200 characters of `s`, for error messages.
+pub(crate) fn clip(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// A printable snippet of a response body, or `None` when empty.
+pub(crate) fn body_snippet(body: &[u8]) -> Option<String> {
+    let text: String = String::from_utf8_lossy(body)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    let text = text.trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_status_and_headers() {
+        let h = parse_head(
+            b"HTTP/1.1 403 Forbidden\r\nX-Status-Reason: token spent\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(h.status, 403);
+        assert_eq!(h.status_text, "Forbidden");
+        assert_eq!(h.header("x-status-reason"), Some("token spent"));
+        assert_eq!(h.header("missing"), None);
+    }
+
+    #[test]
+    fn rejects_non_http() {
+        assert!(parse_head(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 abc OK\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn snippet_is_printable_and_short() {
+        assert_eq!(body_snippet(b""), None);
+        assert_eq!(body_snippet(b"a\r\nb").as_deref(), Some("a  b"));
+        assert_eq!(body_snippet(&[b'x'; 500]).unwrap().len(), 200);
+    }
+}

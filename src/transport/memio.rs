@@ -1,0 +1,249 @@
+//! In-memory I/O under the TLS layers, and the blocking pump used while connecting.
+//!
+//! OpenSSL never touches the socket: each `SslStream<MemIo>` reads ciphertext
+//! that someone pushed into its inbound buffer and appends what it produces to
+//! its outbound buffer. With an `https://` web proxy there are two TLS layers:
+//! the outer one (to the proxy) carries the inner one's (to the endpoint)
+//! ciphertext as its plaintext; [`push_inbound`] and [`take_outbound`] move
+//! bytes through both.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use openssl::ssl::SslStream;
+
+/// Bytes to and from the socket, buffered; reading an empty buffer is `WouldBlock`.
+#[derive(Debug, Default)]
+pub(crate) struct MemIo {
+    inbound: VecDeque<u8>,
+    outbound: Vec<u8>,
+    eof: bool,
+}
+
+impl MemIo {
+    pub(crate) fn with_inbound(data: &[u8]) -> Self {
+        MemIo {
+            inbound: data.iter().copied().collect(),
+            ..MemIo::default()
+        }
+    }
+
+    /// Bytes received and not yet consumed.
+    pub(crate) fn take_inbound(&mut self) -> Vec<u8> {
+        self.inbound.drain(..).collect()
+    }
+}
+
+impl Read for MemIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inbound.is_empty() {
+            if self.eof || buf.is_empty() {
+                return Ok(0);
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.inbound.read(buf)
+    }
+}
+
+impl Write for MemIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbound.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Anything whose bottom is a [`MemIo`].
+pub(crate) trait HasMemIo {
+    fn mem(&mut self) -> &mut MemIo;
+}
+
+impl HasMemIo for MemIo {
+    fn mem(&mut self) -> &mut MemIo {
+        self
+    }
+}
+
+impl HasMemIo for SslStream<MemIo> {
+    fn mem(&mut self) -> &mut MemIo {
+        self.get_mut()
+    }
+}
+
+/// The optional outer TLS layer (to an `https://` web proxy).
+pub(crate) type Outer = Option<SslStream<MemIo>>;
+
+/// Decrypts what the outer layer has buffered into `inner`'s inbound bytes.
+fn drain_outer(outer: &mut SslStream<MemIo>, inner: &mut MemIo) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match outer.read(&mut buf) {
+            Ok(0) => {
+                inner.eof = true;
+                return Ok(());
+            }
+            Ok(n) => inner.inbound.extend(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Feeds bytes read from the socket in, through the outer layer if any.
+pub(crate) fn push_inbound(outer: &mut Outer, inner: &mut MemIo, data: &[u8]) -> io::Result<()> {
+    match outer {
+        None => {
+            inner.inbound.extend(data);
+            Ok(())
+        }
+        Some(o) => {
+            o.get_mut().inbound.extend(data);
+            drain_outer(o, inner)
+        }
+    }
+}
+
+/// Records that the socket reached end of file.
+pub(crate) fn push_eof(outer: &mut Outer, inner: &mut MemIo) -> io::Result<()> {
+    match outer {
+        None => {
+            inner.eof = true;
+            Ok(())
+        }
+        Some(o) => {
+            o.get_mut().eof = true;
+            drain_outer(o, inner)
+        }
+    }
+}
+
+/// Takes the ciphertext produced so far, ready for the socket, through the
+/// outer layer if any. Order is preserved as long as callers write the
+/// returned bytes before the next call's (the writer lock sees to that).
+pub(crate) fn take_outbound(outer: &mut Outer, inner: &mut MemIo) -> io::Result<Vec<u8>> {
+    let data = std::mem::take(&mut inner.outbound);
+    match outer {
+        None => Ok(data),
+        Some(o) => {
+            if !data.is_empty() {
+                o.write_all(&data)?;
+            }
+            Ok(std::mem::take(&mut o.get_mut().outbound))
+        }
+    }
+}
+
+/// Moves bytes between the socket and the layers while connecting, blocking
+/// on the socket with the remaining time of the connect deadline.
+pub(crate) struct Pump<'a> {
+    pub(crate) sock: &'a TcpStream,
+    pub(crate) deadline: Instant,
+}
+
+impl Pump<'_> {
+    fn remaining(&self) -> io::Result<std::time::Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connect deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+
+    /// Writes out everything the layers produced.
+    pub(crate) fn flush(&self, outer: &mut Outer, inner: &mut MemIo) -> io::Result<()> {
+        let data = take_outbound(outer, inner)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.sock.set_write_timeout(Some(self.remaining()?))?;
+        let mut sock = self.sock;
+        sock.write_all(&data)
+    }
+
+    /// Blocks for the next bytes from the socket and feeds them in.
+    pub(crate) fn fill(&self, outer: &mut Outer, inner: &mut MemIo) -> io::Result<()> {
+        self.sock.set_read_timeout(Some(self.remaining()?))?;
+        let mut buf = [0u8; 16 * 1024];
+        let mut sock = self.sock;
+        let n = match sock.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, e))
+            }
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            push_eof(outer, inner)
+        } else {
+            push_inbound(outer, inner, &buf[..n])
+        }
+    }
+
+    /// Writes all of `data` into `s` and out to the socket.
+    pub(crate) fn write_all<S: Write + HasMemIo>(
+        &self,
+        s: &mut S,
+        outer: &mut Outer,
+        data: &[u8],
+    ) -> io::Result<()> {
+        s.write_all(data)?;
+        self.flush(outer, s.mem())
+    }
+
+    /// Reads from `s`, pumping the socket until something (or EOF) arrives.
+    pub(crate) fn read<S: Read + HasMemIo>(
+        &self,
+        s: &mut S,
+        outer: &mut Outer,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        loop {
+            match s.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.flush(outer, s.mem())?;
+                    self.fill(outer, s.mem())?;
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_memio_would_block_until_eof() {
+        let mut m = MemIo::default();
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            m.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        m.inbound.extend(b"ab");
+        assert_eq!(m.read(&mut buf).unwrap(), 2);
+        m.eof = true;
+        assert_eq!(m.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn outbound_passes_through_without_outer_layer() {
+        let mut m = MemIo::default();
+        m.write_all(b"hello").unwrap();
+        let mut outer: Outer = None;
+        assert_eq!(take_outbound(&mut outer, &mut m).unwrap(), b"hello");
+        assert!(take_outbound(&mut outer, &mut m).unwrap().is_empty());
+        push_inbound(&mut outer, &mut m, b"xy").unwrap();
+        assert_eq!(m.take_inbound(), b"xy");
+    }
+}

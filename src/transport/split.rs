@@ -1,0 +1,284 @@
+//! The established connection split into a reader and a writer for two threads.
+//!
+//! One mutex guards the TLS layers and the WebSocket state; it is held only
+//! while encrypting or decrypting, never while blocked on the socket. The
+//! reader blocks on its own clone of the socket, then feeds the ciphertext in
+//! and decodes. Only the writer writes the socket: under the writer lock it
+//! swaps out the ciphertext produced so far (including pongs and close replies
+//! the reader queued), releases the state lock and writes, so ciphertext leaves
+//! in the order OpenSSL made it.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use openssl::ssl::SslStream;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, WebSocket};
+
+use super::error::TransportError;
+use super::memio::{push_eof, push_inbound, take_outbound, MemIo, Outer};
+
+/// TLS layers and WebSocket state.
+pub(crate) struct State {
+    pub(crate) outer: Outer,
+    pub(crate) ws: WebSocket<SslStream<MemIo>>,
+}
+
+impl State {
+    fn take_outbound(&mut self) -> io::Result<Vec<u8>> {
+        take_outbound(&mut self.outer, self.ws.get_mut().get_mut())
+    }
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// The socket, for writing (by the writer only) and shutting down.
+    sock: Arc<TcpStream>,
+    /// Held around "swap out ciphertext + write it".
+    write_lock: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, TransportError> {
+    m.lock().map_err(|_| TransportError::Poisoned)
+}
+
+pub(crate) fn split(
+    state: State,
+    read_sock: TcpStream,
+    sock: Arc<TcpStream>,
+    max_frame_size: usize,
+) -> (WsReader, WsWriter) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        sock,
+        write_lock: Mutex::new(()),
+    });
+    (
+        WsReader {
+            shared: shared.clone(),
+            sock: read_sock,
+            buf: vec![0; 64 * 1024],
+        },
+        WsWriter {
+            shared,
+            max_frame_size,
+        },
+    )
+}
+
+/// One message from the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// Tunnel bytes.
+    Binary(Vec<u8>),
+    /// A ping; its pong is queued: call [`WsWriter::flush_control`].
+    Ping,
+    /// A pong to one of our pings, with its payload.
+    Pong(Vec<u8>),
+    /// The service closed the WebSocket (code and reason, if given); the
+    /// close reply is queued: call [`WsWriter::flush_control`].
+    Close(Option<(u16, String)>),
+}
+
+/// The receiving half.
+pub struct WsReader {
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for WsReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsReader")
+    }
+}
+
+impl WsReader {
+    /// Blocks until the next message. Text frames are an error
+    /// ([`TransportError::TextFrame`]), not data. After `Ping` (and `Close`)
+    /// the reply is queued inside; the session then asks the writer to
+    /// [`WsWriter::flush_control`].
+    pub fn read(&mut self) -> Result<Incoming, TransportError> {
+        loop {
+            {
+                let mut st = lock(&self.shared.state)?;
+                match st.ws.read() {
+                    Ok(msg) => return convert(&mut st, msg),
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let n = match self.sock.read(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(TransportError::Io(e)),
+            };
+            log::trace!("tunnel socket: read {n} bytes");
+            let mut st = lock(&self.shared.state)?;
+            let State { outer, ws } = &mut *st;
+            let inner = ws.get_mut().get_mut();
+            if n == 0 {
+                push_eof(outer, inner)?;
+            } else {
+                push_inbound(outer, inner, &self.buf[..n])?;
+            }
+        }
+    }
+
+    /// A timeout for the blocking socket read (`None`: wait forever). When it
+    /// elapses, [`WsReader::read`] returns `Io` with kind `WouldBlock` or
+    /// `TimedOut` and may be called again.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+}
+
+fn convert(st: &mut State, msg: Message) -> Result<Incoming, TransportError> {
+    Ok(match msg {
+        Message::Binary(b) => Incoming::Binary(b),
+        Message::Text(t) => return Err(TransportError::TextFrame { len: t.len() }),
+        Message::Ping(_) => {
+            // Put the queued pong into the outbound ciphertext for the writer.
+            queue_reply(st)?;
+            Incoming::Ping
+        }
+        Message::Pong(p) => Incoming::Pong(p),
+        Message::Close(c) => {
+            queue_reply(st)?;
+            Incoming::Close(c.map(|c| (u16::from(c.code), c.reason.into_owned())))
+        }
+        Message::Frame(_) => {
+            return Err(TransportError::Protocol(
+                "unexpected raw frame from tungstenite".into(),
+            ))
+        }
+    })
+}
+
+fn queue_reply(st: &mut State) -> Result<(), TransportError> {
+    match st.ws.flush() {
+        Ok(()) => Ok(()),
+        Err(tungstenite::Error::ConnectionClosed) | Err(tungstenite::Error::AlreadyClosed) => {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The sending half.
+pub struct WsWriter {
+    shared: Arc<Shared>,
+    max_frame_size: usize,
+}
+
+impl std::fmt::Debug for WsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsWriter")
+    }
+}
+
+impl WsWriter {
+    /// Encrypts under the state lock with `f`, then writes the ciphertext.
+    fn with_state<F>(&mut self, f: F) -> Result<(), TransportError>
+    where
+        F: FnOnce(&mut State) -> Result<(), TransportError>,
+    {
+        let _w = lock(&self.shared.write_lock)?;
+        let data = {
+            let mut st = lock(&self.shared.state)?;
+            let r = f(&mut st);
+            // Take what was produced even on error (e.g. a close reply).
+            let data = st.take_outbound()?;
+            r.map(|()| data)?
+        };
+        if !data.is_empty() {
+            log::trace!("tunnel socket: write {} bytes", data.len());
+            (&*self.shared.sock).write_all(&data)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one binary message of already framed tunnel bytes
+    /// (at most `max_frame_size`).
+    pub fn send_binary(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        if payload.len() > self.max_frame_size {
+            return Err(TransportError::FrameTooLarge {
+                size: payload.len(),
+                max: self.max_frame_size,
+            });
+        }
+        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.to_vec()))?))
+    }
+
+    /// Sends a ping (payload at most 125 bytes).
+    pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), TransportError> {
+        if payload.len() > 125 {
+            return Err(TransportError::FrameTooLarge {
+                size: payload.len(),
+                max: 125,
+            });
+        }
+        self.with_state(|st| Ok(st.ws.send(Message::Ping(payload.to_vec()))?))
+    }
+
+    /// Starts (or answers) the close handshake with `code` and `reason`.
+    pub fn send_close(&mut self, code: u16, reason: &str) -> Result<(), TransportError> {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_string().into(),
+        };
+        self.with_state(|st| {
+            st.ws.close(Some(frame))?;
+            match st.ws.flush() {
+                Ok(()) | Err(tungstenite::Error::ConnectionClosed) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// Writes out pongs and close replies the reader queued.
+    pub fn flush_control(&mut self) -> Result<(), TransportError> {
+        self.with_state(|st| match st.ws.flush() {
+            Ok(()) | Err(tungstenite::Error::ConnectionClosed) => Ok(()),
+            Err(tungstenite::Error::AlreadyClosed) => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+    }
+
+    /// A timeout for socket writes (`None`: block until the peer reads). When
+    /// it elapses the send fails with `Io`; the connection must then be
+    /// dropped, since part of a frame may have been written.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.shared.sock.set_write_timeout(timeout)
+    }
+
+    /// A handle that shuts the socket down, from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            sock: self.shared.sock.clone(),
+        }
+    }
+}
+
+/// Shuts the tunnel socket down both ways, so a blocked [`WsReader::read`]
+/// (and a blocked write) returns promptly.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    sock: Arc<TcpStream>,
+}
+
+impl ShutdownHandle {
+    pub(crate) fn new(sock: Arc<TcpStream>) -> Self {
+        ShutdownHandle { sock }
+    }
+
+    /// Shuts the socket down; errors (already shut, not connected) are ignored.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.sock.shutdown(Shutdown::Both) {
+            log::debug!("tunnel socket shutdown: {e}");
+        }
+    }
+}
