@@ -199,7 +199,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     let help_asked = parsed.help
-        || parsed.command.as_ref().map_or(false, |c| match c {
+        || parsed.command.as_ref().is_some_and(|c| match c {
             Command::Serve(o) => o.help,
             Command::Open(o) => o.help,
             Command::Close(o) | Command::Describe(o) => o.help,

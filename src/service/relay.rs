@@ -255,7 +255,7 @@ pub fn run(
     }
     let drop_after = match registry.register(&adm.tunnel_id, adm.side, conn.clone()) {
         Ok(d) => d,
-        Err(()) => {
+        Err(super::tunnels::TunnelClosed) => {
             log::info!(
                 "tunnel {}: closed before the {} could join",
                 adm.tunnel_id,
@@ -333,7 +333,7 @@ impl Relay {
             let paused = self
                 .peer
                 .as_ref()
-                .map_or(false, |p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE);
+                .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE);
             let mut more = false;
             if !paused {
                 match self.read_burst() {
@@ -654,7 +654,17 @@ impl Relay {
                 Err(_) => break,
             }
         }
-        let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
+        // Half-close, then discard what the client still sends, so unread
+        // bytes do not turn our close into a reset that loses the close frame.
+        let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 16 * 1024];
+        let mut left = 4usize << 20;
+        while Instant::now() < deadline && left > 0 {
+            match std::io::Read::read(self.ws.get_mut(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
         end
     }
 }

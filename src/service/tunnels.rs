@@ -350,6 +350,10 @@ impl Tunnel {
     }
 }
 
+/// The tunnel closed (or was deleted) while a client was joining it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelClosed;
+
 /// Parameters of OpenTunnel, validated by the API layer.
 #[derive(Debug, Default, Clone)]
 pub struct OpenParams {
@@ -670,12 +674,17 @@ impl Registry {
     /// Makes `conn` the connection of `side`, replacing (closing) the
     /// previous one. Returns the drop-after-bytes limit for this connection,
     /// or `Err` when the tunnel closed meanwhile.
-    pub fn register(&self, id: &str, side: Side, conn: ConnHandle) -> Result<Option<u64>, ()> {
+    pub fn register(
+        &self,
+        id: &str,
+        side: Side,
+        conn: ConnHandle,
+    ) -> Result<Option<u64>, TunnelClosed> {
         let now = now_epoch();
         let mut g = self.lock();
-        let t = g.tunnels.get_mut(id).ok_or(())?;
+        let t = g.tunnels.get_mut(id).ok_or(TunnelClosed)?;
         if !t.open {
-            return Err(());
+            return Err(TunnelClosed);
         }
         if t.sides[side.index()].conn.is_some() {
             log::info!("tunnel {id}: {side} connection replaced by a new one");
