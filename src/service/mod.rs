@@ -259,11 +259,13 @@ pub fn random_hex(n: usize) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// A new access token: 96 random bytes, URL-safe base64 (128 characters).
+/// A new access token: `AQGA` then 96 random bytes in URL-safe base64 (132
+/// characters). The fixed prefix (as on AWS) keeps a token from starting
+/// with `-`, which a command line would take for an option.
 pub fn random_token() -> String {
     let mut b = [0u8; 96];
     fill_random(&mut b);
-    openssl::base64::encode_block(&b)
+    let body: String = openssl::base64::encode_block(&b)
         .chars()
         .filter(|c| *c != '=')
         .map(|c| match c {
@@ -271,5 +273,6 @@ pub fn random_token() -> String {
             '/' => '_',
             c => c,
         })
-        .collect()
+        .collect();
+    format!("AQGA{body}")
 }
