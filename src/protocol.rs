@@ -50,6 +50,13 @@ pub const DEFAULT_WEB_PROXY_PORT: u16 = 3128;
 
 /// WebSocket close code of a normal close: the tunnel was closed or expired.
 pub const CLOSE_NORMAL: u16 = 1000;
+/// WebSocket close code for a policy violation: the local service uses it for
+/// a broken protocol rule, a replaced connection and a rotated token.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+/// WebSocket close code for data of an unaccepted kind (a text frame).
+pub const CLOSE_UNSUPPORTED_DATA: u16 = 1003;
+/// WebSocket close code for a frame or message over the size limit.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close reason the local service sends to a connection replaced by a newer
 /// one with the same access token.
 pub const CLOSE_REASON_REPLACED: &str = "replaced by a new connection with the same token";

@@ -1,5 +1,6 @@
-//! `tunnel-service`: the local AWS IoT Secure Tunneling service.
+//! `tunnel-service`: the local AWS IoT Secure Tunneling service (see `--help`).
 
 fn main() {
-    println!("tunnel-service: not yet");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(localproxy::service::cli::run(&args));
 }

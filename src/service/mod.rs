@@ -1,1 +1,278 @@
-//! The local tunneling service (stub).
+//! The local tunneling service: a faithful stand-in for AWS IoT Secure
+//! Tunneling on loopback, used by `make demo` and the end-to-end tests.
+//!
+//! - [`api`]: the control plane, the IoTSecuredTunneling API over AWS JSON 1.1
+//!   (plus `LocalTest.*` fault operations).
+//! - [`handshake`]: the data-plane WebSocket upgrade and its refusals.
+//! - [`relay`]: the data plane after the handshake.
+//! - [`tunnels`]: tunnel state shared by both planes.
+//! - [`faults`]: fault injection for tests.
+//! - [`client`] and [`cli`]: the `tunnel-service` command line.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod faults;
+pub mod handshake;
+pub mod http;
+pub mod relay;
+pub mod tunnels;
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+
+use faults::Faults;
+use tunnels::Registry;
+
+/// Where the data plane's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// PEM certificate (chain) and key files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// A self-signed certificate for localhost / 127.0.0.1, generated at
+    /// start and written to this directory (a new temporary one when `None`)
+    /// for `localproxy -c DIR`.
+    Generated { ca_dir: Option<PathBuf> },
+    /// Plain `ws://` (debugging only).
+    None,
+}
+
+/// How to run the service.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub listen: SocketAddr,
+    pub api_listen: SocketAddr,
+    pub tls: TlsSource,
+    /// One "minute" of maxLifetimeTimeoutMinutes (one second in tests).
+    pub lifetime_unit: Duration,
+    pub region: String,
+    pub faults: Faults,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        Options {
+            listen: lo,
+            api_listen: lo,
+            tls: TlsSource::Generated { ca_dir: None },
+            lifetime_unit: Duration::from_secs(60),
+            region: "us-east-1".into(),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// A running service.
+pub struct Service {
+    pub data_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    /// The directory holding the generated CA certificate, if generated.
+    pub ca_dir: Option<PathBuf>,
+    /// Whether the data plane speaks TLS.
+    pub tls: bool,
+    pub registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Service {
+    /// Binds both sockets, prepares TLS and starts serving.
+    pub fn start(opts: Options) -> io::Result<Service> {
+        let (acceptor, ca_dir) = match &opts.tls {
+            TlsSource::Files { cert, key } => {
+                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+                    .map_err(io::Error::other)?;
+                b.set_certificate_chain_file(cert).map_err(|e| {
+                    io::Error::other(format!("certificate {}: {e}", cert.display()))
+                })?;
+                b.set_private_key_file(key, SslFiletype::PEM)
+                    .map_err(|e| io::Error::other(format!("key {}: {e}", key.display())))?;
+                b.check_private_key().map_err(|e| {
+                    io::Error::other(format!(
+                        "key {} does not match the certificate: {e}",
+                        key.display()
+                    ))
+                })?;
+                (Some(Arc::new(b.build())), None)
+            }
+            TlsSource::Generated { ca_dir } => {
+                let id = crate::tls::self_signed(&["localhost", "127.0.0.1"])
+                    .map_err(io::Error::other)?;
+                let dir = match ca_dir {
+                    Some(d) => d.clone(),
+                    None => std::env::temp_dir().join(format!(
+                        "tunnel-service-{}-{}",
+                        std::process::id(),
+                        random_hex(4)
+                    )),
+                };
+                crate::tls::write_ca_dir(&id.cert, &dir)?;
+                let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+                    .map_err(io::Error::other)?;
+                b.set_certificate(&id.cert).map_err(io::Error::other)?;
+                b.set_private_key(&id.key).map_err(io::Error::other)?;
+                (Some(Arc::new(b.build())), Some(dir))
+            }
+            TlsSource::None => (None, None),
+        };
+        let data = TcpListener::bind(opts.listen)?;
+        let api = TcpListener::bind(opts.api_listen)?;
+        let data_addr = data.local_addr()?;
+        let api_addr = api.local_addr()?;
+        let registry = Registry::new(opts.lifetime_unit, &opts.region, opts.faults.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let r = registry.clone();
+            threads.push(
+                thread::Builder::new()
+                    .name("expiry".into())
+                    .spawn(move || r.run_expiry())?,
+            );
+        }
+        {
+            let (r, s, tls) = (registry.clone(), stop.clone(), acceptor.clone());
+            threads.push(
+                thread::Builder::new()
+                    .name("data-accept".into())
+                    .spawn(move || {
+                        accept_loop(data, s, move |tcp| {
+                            let (r, tls) = (r.clone(), tls.clone());
+                            thread::Builder::new()
+                                .name("client".into())
+                                .spawn(move || handshake::serve(tcp, tls, r))
+                                .map(|_| ())
+                        })
+                    })?,
+            );
+        }
+        {
+            let (r, s) = (registry.clone(), stop.clone());
+            threads.push(
+                thread::Builder::new()
+                    .name("api-accept".into())
+                    .spawn(move || {
+                        accept_loop(api, s, move |tcp| {
+                            let r = r.clone();
+                            thread::Builder::new()
+                                .name("api".into())
+                                .spawn(move || api::serve(tcp, r))
+                                .map(|_| ())
+                        })
+                    })?,
+            );
+        }
+        Ok(Service {
+            data_addr,
+            api_addr,
+            ca_dir,
+            tls: acceptor.is_some(),
+            registry,
+            stop,
+            threads,
+        })
+    }
+
+    /// The machine-readable line printed on start:
+    /// `READY data=IP:PORT api=IP:PORT ca_dir=PATH|- scheme=wss|ws`.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "READY data={} api={} ca_dir={} scheme={}",
+            self.data_addr,
+            self.api_addr,
+            self.ca_dir
+                .as_ref()
+                .map_or_else(|| "-".to_string(), |d| d.display().to_string()),
+            if self.tls { "wss" } else { "ws" }
+        )
+    }
+
+    /// Closes every tunnel and stops accepting.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.registry.shutdown();
+        // Wake the accept loops.
+        let _ = TcpStream::connect_timeout(&self.data_addr, Duration::from_secs(1));
+        let _ = TcpStream::connect_timeout(&self.api_addr, Duration::from_secs(1));
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks for the life of the process.
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop<F>(listener: TcpListener, stop: Arc<AtomicBool>, spawn: F)
+where
+    F: Fn(TcpStream) -> io::Result<()>,
+{
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match conn {
+            Ok(tcp) => {
+                if let Err(e) = spawn(tcp) {
+                    log::warn!("cannot start a connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                // Out of descriptors and the like: do not spin.
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Fills `buf` from OpenSSL's RNG (falling back to /dev/urandom).
+pub fn fill_random(buf: &mut [u8]) {
+    if openssl::rand::rand_bytes(buf).is_ok() {
+        return;
+    }
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        if f.read_exact(buf).is_ok() {
+            return;
+        }
+    }
+    log::error!("no source of randomness: tokens are not secret");
+}
+
+/// `n` random bytes as lowercase hex.
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    fill_random(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A new access token: `AQGA` then 96 random bytes in URL-safe base64 (132
+/// characters). The fixed prefix (as on AWS) keeps a token from starting
+/// with `-`, which a command line would take for an option.
+pub fn random_token() -> String {
+    let mut b = [0u8; 96];
+    fill_random(&mut b);
+    let body: String = openssl::base64::encode_block(&b)
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    format!("AQGA{body}")
+}

@@ -2,6 +2,8 @@
 //! and waiting for conditions with deadlines (never sleeping to synchronise).
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

@@ -1,0 +1,728 @@
+//! The data plane after the handshake: one thread per client relays its
+//! tunnel frames to the peer and the peer's frames to it.
+//!
+//! The thread owns the client's (TLS) WebSocket in non-blocking mode and
+//! waits in `poll(2)` on the socket and on a wake-up pipe signalled whenever
+//! something is queued for it, so reads and writes never block each other.
+//! Incoming binary messages are reassembled into tunnel frames, each frame is
+//! checked against the rules of PROTOCOL.md section 3, and the raw bytes of
+//! whole frames go to the peer's queue. Outgoing bytes are coalesced into
+//! binary messages of up to 131076 bytes (or re-chunked by the fault
+//! injector). A client whose peer has more than [`PAUSE_ABOVE`] bytes
+//! queued is not read from until the peer catches up (backpressure).
+//!
+//! Close codes: 1000 tunnel closed or expired; 1008 protocol rule broken,
+//! connection replaced by a newer one with the same token
+//! ([`CLOSE_REASON_REPLACED`](crate::protocol::CLOSE_REASON_REPLACED)) or
+//! access token rotated; 1003 text frame; 1009 frame over 131076 bytes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use quick_protobuf::BytesReader;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Error as WsError, Message as WsMessage, WebSocket};
+
+use crate::frame::{decode_message, encode_frame, message, Decoded, MessageType};
+use crate::protocol::{
+    CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, FRAME_LENGTH_PREFIX,
+    MAX_PAYLOAD_SIZE, MAX_WEBSOCKET_FRAME, SUBPROTOCOL_V1,
+};
+
+use super::faults::{Throttle, XorShift};
+use super::handshake::Stream;
+use super::tunnels::{Admission, ConnHandle, Out, Registry, Route, Side, StreamEvent, Waker};
+
+/// Stop reading a client while its peer has this many bytes queued.
+pub const PAUSE_ABOVE: usize = 8 << 20;
+/// Messages read in one go before the loop turns to writing.
+const READ_BURST: usize = 64;
+/// Longest sleep in poll: a safety net for TLS wanting the other direction.
+const MAX_POLL: Duration = Duration::from_millis(250);
+/// Time allowed for the close handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A broken protocol rule: close code and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Violation {
+    fn policy(reason: impl Into<String>) -> Self {
+        Violation {
+            code: CLOSE_POLICY_VIOLATION,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks one serialized message (without its length prefix) sent by a
+/// client of `side` on a tunnel with `services`; returns the stream event it
+/// carries, if any.
+pub fn validate(
+    body: &[u8],
+    side: Side,
+    services: &[String],
+) -> Result<Option<StreamEvent>, Violation> {
+    let m = match decode_message(body, MAX_PAYLOAD_SIZE) {
+        Ok(Decoded::Message(m)) => m,
+        Ok(Decoded::Ignored { .. }) => return Ok(None),
+        Err(e) => return Err(Violation::policy(e.to_string())),
+    };
+    check_fields(body)?;
+    let t = m.type_pb;
+    match t {
+        MessageType::SERVICE_IDS | MessageType::SESSION_RESET => {
+            return Err(Violation::policy(format!("clients must not send {t:?}")))
+        }
+        MessageType::STREAM_START if side == Side::Destination => {
+            return Err(Violation::policy(
+                "a destination must not send STREAM_START",
+            ))
+        }
+        _ => {}
+    }
+    if m.streamId == 0 {
+        return Err(Violation::policy(format!("{t:?} with stream id 0")));
+    }
+    if !m.serviceId.is_empty() && !services.iter().any(|s| *s == m.serviceId) {
+        return Err(Violation::policy(format!(
+            "{t:?} names service id {:?}, not one of the tunnel's [{}]",
+            m.serviceId,
+            services.join(",")
+        )));
+    }
+    Ok(match t {
+        MessageType::STREAM_START => Some(StreamEvent::Start {
+            service: m.serviceId.into_owned(),
+            stream: m.streamId,
+        }),
+        MessageType::STREAM_RESET => Some(StreamEvent::Reset {
+            service: m.serviceId.into_owned(),
+            stream: m.streamId,
+        }),
+        _ => None,
+    })
+}
+
+/// Refuses fields outside the schema (and known fields of the wrong wire type).
+fn check_fields(body: &[u8]) -> Result<(), Violation> {
+    let mut r = BytesReader::from_bytes(body);
+    while !r.is_eof() {
+        let tag = r
+            .next_tag(body)
+            .map_err(|e| Violation::policy(format!("bad field tag: {e}")))?;
+        let (field, wire) = (tag >> 3, tag & 7);
+        let expected = match field {
+            1 | 2 | 3 | 7 => 0,
+            4..=6 => 2,
+            _ => {
+                return Err(Violation::policy(format!(
+                    "message has unknown field {field}"
+                )))
+            }
+        };
+        if wire != expected {
+            return Err(Violation::policy(format!(
+                "field {field} has wire type {wire}, expected {expected}"
+            )));
+        }
+        r.read_unknown(body, tag)
+            .map_err(|e| Violation::policy(format!("bad field {field}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Splits complete frames off `carry` + `data`, checking each; returns the
+/// raw bytes of the complete frames and the stream events, keeping an
+/// incomplete tail in `carry`.
+fn take_frames(
+    carry: &mut Vec<u8>,
+    data: &[u8],
+    side: Side,
+    services: &[String],
+) -> Result<(Vec<u8>, Vec<StreamEvent>), Violation> {
+    let joined;
+    let buf: &[u8] = if carry.is_empty() {
+        data
+    } else {
+        carry.extend_from_slice(data);
+        joined = std::mem::take(carry);
+        &joined
+    };
+    let mut pos = 0;
+    let mut events = Vec::new();
+    while buf.len() - pos >= FRAME_LENGTH_PREFIX {
+        let len = usize::from(u16::from_be_bytes([buf[pos], buf[pos + 1]]));
+        let end = pos + FRAME_LENGTH_PREFIX + len;
+        if end > buf.len() {
+            break;
+        }
+        if let Some(e) = validate(&buf[pos + FRAME_LENGTH_PREFIX..end], side, services)? {
+            events.push(e);
+        }
+        pos = end;
+    }
+    *carry = buf[pos..].to_vec();
+    Ok((buf[..pos].to_vec(), events))
+}
+
+/// How a connection ended, for the log.
+enum End {
+    ClientClosed(String),
+    Violation(Violation),
+    Closed { code: u16, reason: String },
+    Dropped(&'static str),
+    Error(String),
+    Gone,
+}
+
+enum Item {
+    Bytes(Vec<u8>, usize),
+    Text(String),
+}
+
+struct Relay {
+    ws: WebSocket<Stream>,
+    registry: Arc<Registry>,
+    tunnel_id: String,
+    side: Side,
+    conn: ConnHandle,
+    rx: Receiver<Out>,
+    waker: Arc<Waker>,
+    carry: Vec<u8>,
+    outq: VecDeque<Item>,
+    write_blocked: bool,
+    rng: Option<XorShift>,
+    rechunk_max: usize,
+    throttle: Option<Throttle>,
+    drop_after: Option<u64>,
+    bytes_in: u64,
+    bytes_out: u64,
+    relayed: u64,
+    peer: Option<ConnHandle>,
+}
+
+fn is_would_block(e: &WsError) -> bool {
+    matches!(e, WsError::Io(io) if io.kind() == io::ErrorKind::WouldBlock || io.kind() == io::ErrorKind::Interrupted)
+}
+
+/// Runs a connection until it ends; the handshake has been answered.
+pub fn run(
+    ws: WebSocket<Stream>,
+    adm: Admission,
+    subprotocol: &str,
+    channel_id: String,
+    peer_addr: String,
+    registry: Arc<Registry>,
+) {
+    let mut ws = ws;
+    let waker = match Waker::new() {
+        Ok(w) => Arc::new(w),
+        Err(e) => {
+            log::warn!(
+                "tunnel {}: cannot create a wake-up pipe: {e}",
+                adm.tunnel_id
+            );
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            registry.unregister(&adm.tunnel_id, adm.side, 0);
+            return;
+        }
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let conn_id = registry.next_conn_id();
+    let conn = ConnHandle::new(conn_id, channel_id.clone(), tx, waker.clone());
+    if subprotocol != SUBPROTOCOL_V1 {
+        let services = registry
+            .services(&adm.tunnel_id)
+            .unwrap_or(adm.services.clone());
+        let mut ids = message(MessageType::SERVICE_IDS, 0, "", 0, b"");
+        ids.availableServiceIds = services.iter().map(|s| s.as_str().into()).collect();
+        let mut out = Vec::new();
+        match encode_frame(&ids, &mut out) {
+            Ok(()) => conn.send(Out::Bytes(out)),
+            Err(e) => log::warn!("tunnel {}: SERVICE_IDS not sent: {e}", adm.tunnel_id),
+        }
+    }
+    let drop_after = match registry.register(&adm.tunnel_id, adm.side, conn.clone()) {
+        Ok(d) => d,
+        Err(super::tunnels::TunnelClosed) => {
+            log::info!(
+                "tunnel {}: closed before the {} could join",
+                adm.tunnel_id,
+                adm.side
+            );
+            let _ = ws.close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: super::tunnels::CLOSE_REASON_TUNNEL_CLOSED.into(),
+            }));
+            let _ = ws.flush();
+            return;
+        }
+    };
+    if let Err(e) = ws.get_ref().tcp().set_nonblocking(true) {
+        log::warn!(
+            "tunnel {}: cannot make the socket non-blocking: {e}",
+            adm.tunnel_id
+        );
+        registry.unregister(&adm.tunnel_id, adm.side, conn_id);
+        return;
+    }
+    let f = &registry.faults;
+    let mut relay = Relay {
+        rng: f.rechunk_seed.map(|s| XorShift::new(s ^ conn_id)),
+        rechunk_max: f.rechunk_max.clamp(1, MAX_WEBSOCKET_FRAME),
+        throttle: f.bandwidth.map(Throttle::new),
+        ws,
+        registry: registry.clone(),
+        tunnel_id: adm.tunnel_id.clone(),
+        side: adm.side,
+        conn,
+        rx,
+        waker,
+        carry: Vec::new(),
+        outq: VecDeque::new(),
+        write_blocked: false,
+        drop_after,
+        bytes_in: 0,
+        bytes_out: 0,
+        relayed: 0,
+        peer: None,
+    };
+    let end = relay.run_loop();
+    let how = match &end {
+        End::ClientClosed(r) => format!("client closed ({r})"),
+        End::Violation(v) => {
+            log::warn!(
+                "tunnel {}: {} channel-id {channel_id} broke a protocol rule: {}",
+                adm.tunnel_id,
+                adm.side,
+                v.reason
+            );
+            format!("protocol violation, closed with {}: {}", v.code, v.reason)
+        }
+        End::Closed { code, reason } => format!("closed by the service with {code}: {reason}"),
+        End::Dropped(why) => format!("dropped ({why})"),
+        End::Error(e) => format!("connection error: {e}"),
+        End::Gone => "detached".to_string(),
+    };
+    registry.unregister(&adm.tunnel_id, adm.side, conn_id);
+    log::info!(
+        "tunnel {}: {} from {peer_addr} (channel-id {channel_id}) disconnected: {how}; {} bytes relayed to the peer, {} bytes received, {} bytes sent",
+        adm.tunnel_id,
+        adm.side,
+        relay.relayed,
+        relay.bytes_in,
+        relay.bytes_out
+    );
+}
+
+impl Relay {
+    fn run_loop(&mut self) -> End {
+        let fd = self.ws.get_ref().tcp().as_raw_fd();
+        loop {
+            let paused = self
+                .peer
+                .as_ref()
+                .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE);
+            let mut more = false;
+            if !paused {
+                match self.read_burst() {
+                    Ok(m) => more = m,
+                    Err(end) => return self.finish(end),
+                }
+            }
+            self.waker.drain();
+            loop {
+                match self.rx.try_recv() {
+                    Ok(Out::Bytes(b)) => self.outq.push_back(Item::Bytes(b, 0)),
+                    Ok(Out::Text(t)) => self.outq.push_back(Item::Text(t)),
+                    Ok(Out::Close { code, reason }) => {
+                        return self.finish(End::Closed { code, reason });
+                    }
+                    Ok(Out::Drop) => return self.finish(End::Dropped("dropped on request")),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            let mut wait = MAX_POLL;
+            match self.write_out() {
+                Ok(Some(d)) => wait = wait.min(d),
+                Ok(None) => {}
+                Err(end) => return self.finish(end),
+            }
+            if more {
+                wait = Duration::ZERO;
+            }
+            if paused {
+                wait = wait.min(Duration::from_millis(10));
+            }
+            let mut events = 0;
+            if !paused {
+                events |= libc::POLLIN;
+            }
+            if self.write_blocked {
+                events |= libc::POLLOUT;
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.waker.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let ms = wait.as_millis().min(i32::MAX as u128) as libc::c_int;
+            // A zero timeout with nothing pending would spin; one ms minimum
+            // only when we are waiting for time, not for readiness.
+            // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+        }
+    }
+
+    /// Reads up to READ_BURST messages; `Ok(true)` when more may be waiting.
+    fn read_burst(&mut self) -> Result<bool, End> {
+        for _ in 0..READ_BURST {
+            match self.ws.read() {
+                Ok(WsMessage::Binary(data)) => {
+                    self.bytes_in += data.len() as u64;
+                    log::debug!(
+                        "tunnel {}: {} sent a binary message of {} bytes",
+                        self.tunnel_id,
+                        self.side,
+                        data.len()
+                    );
+                    self.relay_in(&data)?;
+                    self.check_drop()?;
+                }
+                Ok(WsMessage::Text(t)) => {
+                    return Err(End::Violation(Violation {
+                        code: CLOSE_UNSUPPORTED_DATA,
+                        reason: format!(
+                            "text frame of {} bytes: only binary frames carry tunnel data",
+                            t.len()
+                        ),
+                    }))
+                }
+                Ok(WsMessage::Ping(_)) => {
+                    log::debug!("tunnel {}: ping from the {}", self.tunnel_id, self.side)
+                }
+                Ok(WsMessage::Pong(_)) | Ok(WsMessage::Frame(_)) => {}
+                Ok(WsMessage::Close(frame)) => {
+                    let why = frame
+                        .map(|f| format!("{}: {}", u16::from(f.code), f.reason))
+                        .unwrap_or_else(|| "no code".into());
+                    return Err(End::ClientClosed(why));
+                }
+                Err(e) if is_would_block(&e) => return Ok(false),
+                Err(WsError::Capacity(e)) => {
+                    return Err(End::Violation(Violation {
+                        code: CLOSE_TOO_BIG,
+                        reason: format!("{e} (limit {MAX_WEBSOCKET_FRAME} bytes)"),
+                    }))
+                }
+                Err(WsError::Protocol(e)) => {
+                    return Err(End::Violation(Violation {
+                        code: crate::protocol::CLOSE_POLICY_VIOLATION,
+                        reason: format!("WebSocket protocol error: {e}"),
+                    }))
+                }
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
+                    return Err(End::ClientClosed("connection closed".into()))
+                }
+                Err(e) => return Err(End::Error(e.to_string())),
+            }
+        }
+        Ok(true)
+    }
+
+    fn relay_in(&mut self, data: &[u8]) -> Result<(), End> {
+        let services = match self.registry.services(&self.tunnel_id) {
+            Some(s) => s,
+            None => return Err(End::Gone),
+        };
+        let (frames, events) =
+            take_frames(&mut self.carry, data, self.side, &services).map_err(End::Violation)?;
+        let starts: Vec<(String, i32)> = events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Start { service, stream } => Some((service.clone(), *stream)),
+                _ => None,
+            })
+            .collect();
+        match self
+            .registry
+            .route(&self.tunnel_id, self.side, self.conn.id, events)
+        {
+            Route::Gone => {
+                // Replaced, rotated or closed: the Close is in our queue.
+                self.peer = None;
+            }
+            Route::Peer(Some(peer)) => {
+                if !frames.is_empty() {
+                    self.relayed += frames.len() as u64;
+                    peer.send(Out::Bytes(frames));
+                }
+                self.peer = Some(peer);
+            }
+            Route::Peer(None) => {
+                self.peer = None;
+                if !frames.is_empty() {
+                    log::debug!(
+                        "tunnel {}: {} bytes from the {} dropped: no {} connected",
+                        self.tunnel_id,
+                        frames.len(),
+                        self.side,
+                        self.side.peer()
+                    );
+                }
+                // A stream cannot start without a peer: reset it at once.
+                let mut out = Vec::new();
+                for (svc, stream) in &starts {
+                    let m = message(MessageType::STREAM_RESET, *stream, svc, 0, b"");
+                    if encode_frame(&m, &mut out).is_err() {
+                        log::warn!("tunnel {}: could not encode a stream reset", self.tunnel_id);
+                    }
+                }
+                if !out.is_empty() {
+                    self.outq.push_back(Item::Bytes(out, 0));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_drop(&self) -> Result<(), End> {
+        match self.drop_after {
+            Some(n) if self.bytes_in + self.bytes_out >= n => {
+                Err(End::Dropped("--drop-after-bytes"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes queued items; returns how long the throttle wants to wait.
+    fn write_out(&mut self) -> Result<Option<Duration>, End> {
+        if self.write_blocked {
+            match self.ws.flush() {
+                Ok(()) => self.write_blocked = false,
+                Err(e) if is_would_block(&e) => return Ok(None),
+                Err(e) => return Err(End::Error(e.to_string())),
+            }
+        }
+        while !self.write_blocked {
+            if let Some(t) = &self.throttle {
+                if let Some(d) = t.delay() {
+                    return Ok(Some(d));
+                }
+            }
+            let Some(msg) = self.next_message() else {
+                break;
+            };
+            let n = match &msg {
+                WsMessage::Binary(b) => b.len(),
+                WsMessage::Text(t) => t.len(),
+                _ => 0,
+            };
+            log::debug!(
+                "tunnel {}: sending {n} bytes to the {}",
+                self.tunnel_id,
+                self.side
+            );
+            match self.ws.write(msg) {
+                Ok(()) => {}
+                Err(e) if is_would_block(&e) => self.write_blocked = true,
+                Err(e) => return Err(End::Error(e.to_string())),
+            }
+            self.bytes_out += n as u64;
+            if let Some(t) = &mut self.throttle {
+                t.record(n);
+            }
+            if !self.write_blocked {
+                match self.ws.flush() {
+                    Ok(()) => {}
+                    Err(e) if is_would_block(&e) => self.write_blocked = true,
+                    Err(e) => return Err(End::Error(e.to_string())),
+                }
+            }
+            if self.drop_after.is_some() {
+                self.check_drop()?;
+            }
+        }
+        if !self.write_blocked {
+            // Pongs queued by reads.
+            match self.ws.flush() {
+                Ok(()) => {}
+                Err(e) if is_would_block(&e) => self.write_blocked = true,
+                Err(e) => return Err(End::Error(e.to_string())),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The next WebSocket message from the queue: a text item, or queued
+    /// bytes coalesced up to the frame limit (or a re-chunked size).
+    fn next_message(&mut self) -> Option<WsMessage> {
+        if let Some(Item::Text(_)) = self.outq.front() {
+            if let Some(Item::Text(t)) = self.outq.pop_front() {
+                return Some(WsMessage::Text(t));
+            }
+        }
+        let mut limit = MAX_WEBSOCKET_FRAME;
+        if let Some(rng) = &mut self.rng {
+            limit = rng.size(self.rechunk_max);
+        }
+        if let Some(t) = &self.throttle {
+            limit = limit.min(t.chunk());
+        }
+        if let Some(n) = self.drop_after {
+            let left = n.saturating_sub(self.bytes_in + self.bytes_out);
+            limit = limit.min(usize::try_from(left).unwrap_or(usize::MAX).max(1));
+        }
+        let mut buf: Vec<u8> = Vec::new();
+        while buf.len() < limit {
+            let Some(Item::Bytes(b, off)) = self.outq.front_mut() else {
+                break;
+            };
+            let take = (b.len() - *off).min(limit - buf.len());
+            if buf.is_empty() && *off == 0 && take == b.len() {
+                // Whole item fits: move it instead of copying.
+                if let Some(Item::Bytes(b, _)) = self.outq.pop_front() {
+                    buf = b;
+                }
+            } else {
+                buf.extend_from_slice(&b[*off..*off + take]);
+                *off += take;
+                if *off == b.len() {
+                    self.outq.pop_front();
+                }
+            }
+        }
+        if buf.is_empty() {
+            return None;
+        }
+        self.conn.queued.fetch_sub(buf.len(), Ordering::AcqRel);
+        Some(WsMessage::Binary(buf))
+    }
+
+    /// Ends the connection as `end` says; returns it for the log.
+    fn finish(&mut self, end: End) -> End {
+        let close = match &end {
+            End::Violation(v) => Some((v.code, v.reason.clone())),
+            End::Closed { code, reason } => Some((*code, reason.clone())),
+            End::ClientClosed(_) => None,
+            End::Dropped(_) => {
+                let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
+                return end;
+            }
+            End::Error(_) | End::Gone => None,
+        };
+        let tcp = self.ws.get_ref().tcp();
+        let _ = tcp.set_nonblocking(false);
+        let _ = tcp.set_read_timeout(Some(CLOSE_TIMEOUT));
+        let _ = tcp.set_write_timeout(Some(CLOSE_TIMEOUT));
+        if let Some((code, reason)) = close {
+            let _ = self.ws.flush();
+            let _ = self.ws.close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }));
+        }
+        // Finish the close handshake (send our reply or wait for theirs).
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.ws.flush() {
+                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => break,
+                Err(e) if !is_would_block(&e) => break,
+                _ => {}
+            }
+            match self.ws.read() {
+                Ok(_) => {}
+                Err(e) if is_would_block(&e) => {}
+                Err(_) => break,
+            }
+        }
+        // Half-close, then discard what the client still sends, so unread
+        // bytes do not turn our close into a reset that loses the close frame.
+        let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Write);
+        let mut buf = [0u8; 16 * 1024];
+        let mut left = 4usize << 20;
+        while Instant::now() < deadline && left > 0 {
+            match std::io::Read::read(self.ws.get_mut(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+        end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(m: &crate::frame::Message<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(m, &mut out).expect("encodes");
+        out
+    }
+
+    #[test]
+    fn rules() {
+        let svcs = vec!["SSH1".to_string()];
+        let ok = frame(&message(MessageType::STREAM_START, 1, "SSH1", 1, b""));
+        assert_eq!(
+            validate(&ok[2..], Side::Source, &svcs),
+            Ok(Some(StreamEvent::Start {
+                service: "SSH1".into(),
+                stream: 1
+            }))
+        );
+        assert!(validate(&ok[2..], Side::Destination, &svcs).is_err());
+        let zero = frame(&message(MessageType::DATA, 0, "SSH1", 1, b"x"));
+        assert!(validate(&zero[2..], Side::Source, &svcs)
+            .expect_err("0")
+            .reason
+            .contains("stream id 0"));
+        let unknown = frame(&message(MessageType::DATA, 1, "WEB", 1, b"x"));
+        assert!(validate(&unknown[2..], Side::Source, &svcs).is_err());
+        let ids = frame(&message(MessageType::SERVICE_IDS, 1, "", 0, b""));
+        assert!(validate(&ids[2..], Side::Source, &svcs).is_err());
+        let reset = frame(&message(MessageType::SESSION_RESET, 1, "", 0, b""));
+        assert!(validate(&reset[2..], Side::Destination, &svcs).is_err());
+        // DATA stream 1 + unknown field 9 (varint).
+        let extra = [0x08, 1, 0x10, 1, 0x48, 1];
+        assert!(validate(&extra, Side::Source, &svcs)
+            .expect_err("extra")
+            .reason
+            .contains("unknown field 9"));
+        let v1 = frame(&message(MessageType::DATA, 1, "", 0, b"x"));
+        assert_eq!(validate(&v1[2..], Side::Destination, &svcs), Ok(None));
+    }
+
+    #[test]
+    fn frames_split_across_messages() {
+        let svcs = vec!["A".to_string()];
+        let mut bytes = frame(&message(MessageType::DATA, 1, "A", 1, b"hello"));
+        bytes.extend(frame(&message(MessageType::STREAM_RESET, 1, "A", 0, b"")));
+        let mut carry = Vec::new();
+        let (a, ev) = take_frames(&mut carry, &bytes[..5], Side::Source, &svcs).expect("ok");
+        assert!(a.is_empty() && ev.is_empty());
+        let (b, ev) = take_frames(&mut carry, &bytes[5..], Side::Source, &svcs).expect("ok");
+        assert_eq!(b, bytes);
+        assert_eq!(ev.len(), 1);
+        assert!(carry.is_empty());
+    }
+}

@@ -1,0 +1,821 @@
+//! Tunnel state: tunnels, their access tokens, connected clients and the
+//! streams seen on each tunnel, behind one mutex shared by both planes.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::Sender;
+use serde_json::{json, Value};
+
+use crate::frame::{encode_frame, message, MessageType};
+use crate::protocol::{CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED};
+use crate::secret::Secret;
+
+use super::faults::Faults;
+use super::random_token;
+
+/// Close reason sent when the tunnel is closed through the API.
+pub const CLOSE_REASON_TUNNEL_CLOSED: &str = "tunnel closed";
+/// Close reason sent when the tunnel's lifetime is over.
+pub const CLOSE_REASON_TUNNEL_EXPIRED: &str = "tunnel expired";
+/// Close reason sent when the connection's access token was rotated.
+pub const CLOSE_REASON_ROTATED: &str = "access token rotated";
+
+/// Which end of a tunnel a client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+impl Side {
+    /// Index into per-side arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Side::Source => 0,
+            Side::Destination => 1,
+        }
+    }
+
+    /// The other end.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Source => Side::Destination,
+            Side::Destination => Side::Source,
+        }
+    }
+
+    /// The `local-proxy-mode` value of this side.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Destination => "destination",
+        }
+    }
+
+    /// Parses `source` / `destination` (any case).
+    pub fn parse(s: &str) -> Option<Side> {
+        if s.eq_ignore_ascii_case("source") {
+            Some(Side::Source)
+        } else if s.eq_ignore_ascii_case("destination") {
+            Some(Side::Destination)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.mode())
+    }
+}
+
+/// What a connection's relay thread is asked to do.
+#[derive(Debug)]
+pub enum Out {
+    /// Tunnel frames (whole or not) to send as binary WebSocket data.
+    Bytes(Vec<u8>),
+    /// A text WebSocket message (fault injection only).
+    Text(String),
+    /// Close the WebSocket with this code and reason.
+    Close { code: u16, reason: String },
+    /// Drop the TCP connection without a close frame (fault injection).
+    Drop,
+}
+
+/// Wakes a relay thread blocked in `poll`: a non-blocking pipe.
+pub struct Waker {
+    read_fd: RawFd,
+    write_fd: RawFd,
+}
+
+impl Waker {
+    /// A new pipe pair.
+    pub fn new() -> std::io::Result<Waker> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Waker {
+            read_fd: fds[0],
+            write_fd: fds[1],
+        })
+    }
+
+    /// The end to poll for readability.
+    pub fn fd(&self) -> RawFd {
+        self.read_fd
+    }
+
+    /// Makes the poller return (a full pipe already means "wake up").
+    pub fn wake(&self) {
+        let b = 1u8;
+        // SAFETY: writes one byte from a valid buffer to our own pipe fd.
+        let _ = unsafe { libc::write(self.write_fd, &b as *const u8 as *const libc::c_void, 1) };
+    }
+
+    /// Empties the pipe after a wake-up.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reads into a valid buffer of the given length from our own pipe fd.
+            let n = unsafe {
+                libc::read(
+                    self.read_fd,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for Waker {
+    fn drop(&mut self) {
+        // SAFETY: both fds were opened by `new` and are closed only here.
+        unsafe {
+            libc::close(self.read_fd);
+            libc::close(self.write_fd);
+        }
+    }
+}
+
+/// The handle other threads use to reach a connected client.
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub id: u64,
+    pub channel_id: String,
+    tx: Sender<Out>,
+    waker: Arc<Waker>,
+    /// Bytes queued toward this client and not yet written (backpressure).
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl ConnHandle {
+    /// A handle over a relay thread's queue and waker.
+    pub fn new(id: u64, channel_id: String, tx: Sender<Out>, waker: Arc<Waker>) -> Self {
+        ConnHandle {
+            id,
+            channel_id,
+            tx,
+            waker,
+            queued: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Queues `out` and wakes the relay thread.
+    pub fn send(&self, out: Out) {
+        if let Out::Bytes(b) = &out {
+            self.queued.fetch_add(b.len(), Ordering::AcqRel);
+        }
+        let _ = self.tx.send(out);
+        self.waker.wake();
+    }
+}
+
+/// A refused handshake: the HTTP status and the reason for X-Status-Reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An error of a control-plane operation, as the AWS JSON protocol reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn not_found(id: &str) -> Self {
+        ApiError {
+            kind: "ResourceNotFoundException",
+            message: format!("tunnel {id} not found"),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: "InvalidRequestException",
+            message: message.into(),
+        }
+    }
+}
+
+struct SideState {
+    token: Secret,
+    /// A handshake without a client token used the token up.
+    spent: bool,
+    /// The client token bound by the first handshake that carried one.
+    client_token: Option<Secret>,
+    conn: Option<ConnHandle>,
+    state_updated_at: f64,
+    /// The drop-after-bytes fault already hit this side once.
+    dropped_once: bool,
+}
+
+impl SideState {
+    fn new(now: f64) -> Self {
+        SideState {
+            token: Secret::new(random_token()),
+            spent: false,
+            client_token: None,
+            conn: None,
+            state_updated_at: now,
+            dropped_once: false,
+        }
+    }
+}
+
+struct Tunnel {
+    id: String,
+    arn: String,
+    description: Option<String>,
+    tags: Vec<Value>,
+    thing_name: Option<String>,
+    services: Arc<Vec<String>>,
+    lifetime_minutes: u64,
+    created_at: f64,
+    last_updated_at: f64,
+    open: bool,
+    expires_at: Instant,
+    sides: [SideState; 2],
+    /// Current stream of each service id ("" for V1), from STREAM_START.
+    streams: Vec<(String, i32)>,
+}
+
+impl Tunnel {
+    fn destination_config(&self) -> Value {
+        let mut c = json!({ "services": *self.services });
+        if let Some(t) = &self.thing_name {
+            c["thingName"] = json!(t);
+        }
+        c
+    }
+
+    fn summary(&self) -> Value {
+        let mut v = json!({
+            "tunnelId": self.id,
+            "tunnelArn": self.arn,
+            "status": if self.open { "OPEN" } else { "CLOSED" },
+            "createdAt": self.created_at,
+            "lastUpdatedAt": self.last_updated_at,
+        });
+        if let Some(d) = &self.description {
+            v["description"] = json!(d);
+        }
+        v
+    }
+
+    fn connection_state(&self, side: Side) -> Value {
+        let s = &self.sides[side.index()];
+        json!({
+            "status": if s.conn.is_some() { "CONNECTED" } else { "DISCONNECTED" },
+            "lastUpdatedAt": s.state_updated_at,
+        })
+    }
+
+    /// Sends STREAM_RESET for every tracked stream to `to` and forgets them.
+    fn reset_streams_toward(&mut self, to: Side) {
+        let streams = std::mem::take(&mut self.streams);
+        if streams.is_empty() {
+            return;
+        }
+        let Some(conn) = &self.sides[to.index()].conn else {
+            return;
+        };
+        let mut out = Vec::new();
+        for (svc, stream) in &streams {
+            let m = message(MessageType::STREAM_RESET, *stream, svc, 0, b"");
+            // A reset of a known service id is far below the frame limit.
+            if encode_frame(&m, &mut out).is_err() {
+                log::warn!("tunnel {}: could not encode a stream reset", self.id);
+            }
+        }
+        log::debug!(
+            "tunnel {}: reset {} stream(s) toward the {to}",
+            self.id,
+            streams.len()
+        );
+        conn.send(Out::Bytes(out));
+    }
+
+    /// Detaches the connection of `side` (if any), closing it with `close`,
+    /// and resets the streams the other side had.
+    fn detach(&mut self, side: Side, close: Option<(u16, &str)>, now: f64) {
+        if let Some(conn) = self.sides[side.index()].conn.take() {
+            if let Some((code, reason)) = close {
+                conn.send(Out::Close {
+                    code,
+                    reason: reason.to_string(),
+                });
+            }
+            self.sides[side.index()].state_updated_at = now;
+            self.reset_streams_toward(side.peer());
+        }
+    }
+
+    fn close(&mut self, reason: &str, now: f64) {
+        self.open = false;
+        self.last_updated_at = now;
+        self.streams.clear();
+        for side in [Side::Source, Side::Destination] {
+            if let Some(conn) = self.sides[side.index()].conn.take() {
+                conn.send(Out::Close {
+                    code: CLOSE_NORMAL,
+                    reason: reason.to_string(),
+                });
+                self.sides[side.index()].state_updated_at = now;
+            }
+        }
+    }
+}
+
+/// The tunnel closed (or was deleted) while a client was joining it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelClosed;
+
+/// Parameters of OpenTunnel, validated by the API layer.
+#[derive(Debug, Default, Clone)]
+pub struct OpenParams {
+    pub description: Option<String>,
+    pub tags: Vec<Value>,
+    pub thing_name: Option<String>,
+    pub services: Vec<String>,
+    pub lifetime_minutes: u64,
+}
+
+/// A tunnel just opened, with its tokens.
+pub struct Opened {
+    pub tunnel_id: String,
+    pub tunnel_arn: String,
+    pub source_token: Secret,
+    pub destination_token: Secret,
+}
+
+/// Tokens returned by a rotation (only for the rotated sides).
+pub struct Rotated {
+    pub tunnel_arn: String,
+    pub source_token: Option<Secret>,
+    pub destination_token: Option<Secret>,
+}
+
+/// A handshake the registry accepted.
+pub struct Admission {
+    pub tunnel_id: String,
+    pub side: Side,
+    pub services: Arc<Vec<String>>,
+}
+
+/// A stream event seen in a client's frames, applied under the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    Start { service: String, stream: i32 },
+    Reset { service: String, stream: i32 },
+}
+
+/// What the relay learns when it routes frames.
+pub enum Route {
+    /// This connection is still current; the peer, if connected.
+    Peer(Option<ConnHandle>),
+    /// This connection was replaced, rotated out or its tunnel closed.
+    Gone,
+}
+
+struct Inner {
+    tunnels: HashMap<String, Tunnel>,
+    /// Creation order, for ListTunnels.
+    order: Vec<String>,
+    tokens: HashMap<String, (String, Side)>,
+    shutdown: bool,
+}
+
+/// All tunnels of the service.
+pub struct Registry {
+    inner: Mutex<Inner>,
+    expiry: Condvar,
+    /// Length of one "minute" of maxLifetimeTimeoutMinutes (a second in tests).
+    lifetime_unit: Duration,
+    region: String,
+    account: String,
+    next_conn: AtomicU64,
+    pub faults: Faults,
+}
+
+/// Seconds since the epoch, as the API's timestamps.
+pub fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
+}
+
+impl Registry {
+    pub fn new(lifetime_unit: Duration, region: &str, faults: Faults) -> Arc<Registry> {
+        Arc::new(Registry {
+            inner: Mutex::new(Inner {
+                tunnels: HashMap::new(),
+                order: Vec::new(),
+                tokens: HashMap::new(),
+                shutdown: false,
+            }),
+            expiry: Condvar::new(),
+            lifetime_unit,
+            region: region.to_string(),
+            account: "123456789012".to_string(),
+            next_conn: AtomicU64::new(1),
+            faults,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent-enough state for a
+        // test service; keep serving rather than poisoning every thread.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// OpenTunnel.
+    pub fn open(&self, p: OpenParams) -> Opened {
+        let now = now_epoch();
+        let id = uuid_like();
+        let arn = format!("arn:aws:iot:{}:{}:tunnel/{id}", self.region, self.account);
+        let lifetime = self
+            .lifetime_unit
+            .saturating_mul(u32::try_from(p.lifetime_minutes).unwrap_or(u32::MAX));
+        let t = Tunnel {
+            id: id.clone(),
+            arn: arn.clone(),
+            description: p.description,
+            tags: p.tags,
+            thing_name: p.thing_name,
+            services: Arc::new(p.services),
+            lifetime_minutes: p.lifetime_minutes,
+            created_at: now,
+            last_updated_at: now,
+            open: true,
+            expires_at: Instant::now() + lifetime,
+            sides: [SideState::new(now), SideState::new(now)],
+            streams: Vec::new(),
+        };
+        let opened = Opened {
+            tunnel_id: id.clone(),
+            tunnel_arn: arn,
+            source_token: t.sides[0].token.clone(),
+            destination_token: t.sides[1].token.clone(),
+        };
+        let mut g = self.lock();
+        g.tokens.insert(
+            t.sides[0].token.expose().to_string(),
+            (id.clone(), Side::Source),
+        );
+        g.tokens.insert(
+            t.sides[1].token.expose().to_string(),
+            (id.clone(), Side::Destination),
+        );
+        g.order.push(id.clone());
+        g.tunnels.insert(id.clone(), t);
+        drop(g);
+        self.expiry.notify_all();
+        log::info!("tunnel {id} opened");
+        opened
+    }
+
+    /// CloseTunnel: closes both sides normally; `delete` also forgets it.
+    pub fn close(&self, id: &str, delete: bool) -> Result<(), ApiError> {
+        let mut g = self.lock();
+        let t = g
+            .tunnels
+            .get_mut(id)
+            .ok_or_else(|| ApiError::not_found(id))?;
+        if t.open {
+            t.close(CLOSE_REASON_TUNNEL_CLOSED, now_epoch());
+            log::info!("tunnel {id} closed");
+        }
+        if delete {
+            if let Some(t) = g.tunnels.remove(id) {
+                for s in &t.sides {
+                    g.tokens.remove(s.token.expose());
+                }
+            }
+            g.order.retain(|x| x != id);
+            log::info!("tunnel {id} deleted");
+        }
+        Ok(())
+    }
+
+    /// DescribeTunnel's `tunnel` object.
+    pub fn describe(&self, id: &str) -> Result<Value, ApiError> {
+        let g = self.lock();
+        let t = g.tunnels.get(id).ok_or_else(|| ApiError::not_found(id))?;
+        let mut v = t.summary();
+        v["sourceConnectionState"] = t.connection_state(Side::Source);
+        v["destinationConnectionState"] = t.connection_state(Side::Destination);
+        v["destinationConfig"] = t.destination_config();
+        v["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": t.lifetime_minutes });
+        v["tags"] = json!(t.tags);
+        Ok(v)
+    }
+
+    /// ListTunnels: summaries, newest last, filtered by thing name, paged by
+    /// an opaque offset token.
+    pub fn list(
+        &self,
+        thing: Option<&str>,
+        max: usize,
+        start: usize,
+    ) -> (Vec<Value>, Option<usize>) {
+        let g = self.lock();
+        let all: Vec<&Tunnel> = g
+            .order
+            .iter()
+            .filter_map(|id| g.tunnels.get(id))
+            .filter(|t| thing.map_or(true, |n| t.thing_name.as_deref() == Some(n)))
+            .collect();
+        let page: Vec<Value> = all
+            .iter()
+            .skip(start)
+            .take(max)
+            .map(|t| t.summary())
+            .collect();
+        let next = (start + page.len() < all.len()).then_some(start + page.len());
+        (page, next)
+    }
+
+    /// RotateTunnelAccessToken.
+    pub fn rotate(
+        &self,
+        id: &str,
+        sides: &[Side],
+        new_config: Option<(Option<String>, Vec<String>)>,
+    ) -> Result<Rotated, ApiError> {
+        let now = now_epoch();
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let t = inner
+            .tunnels
+            .get_mut(id)
+            .ok_or_else(|| ApiError::not_found(id))?;
+        if !t.open {
+            return Err(ApiError::invalid(format!("tunnel {id} is closed")));
+        }
+        let mut r = Rotated {
+            tunnel_arn: t.arn.clone(),
+            source_token: None,
+            destination_token: None,
+        };
+        if let Some((thing, services)) = new_config {
+            if thing.is_some() {
+                t.thing_name = thing;
+            }
+            t.services = Arc::new(services);
+        }
+        for &side in sides {
+            t.detach(
+                side,
+                Some((CLOSE_POLICY_VIOLATION, CLOSE_REASON_ROTATED)),
+                now,
+            );
+            let s = &mut t.sides[side.index()];
+            inner.tokens.remove(s.token.expose());
+            s.token = Secret::new(random_token());
+            s.spent = false;
+            s.client_token = None;
+            inner
+                .tokens
+                .insert(s.token.expose().to_string(), (id.to_string(), side));
+            match side {
+                Side::Source => r.source_token = Some(s.token.clone()),
+                Side::Destination => r.destination_token = Some(s.token.clone()),
+            }
+            log::info!("tunnel {id}: {side} access token rotated");
+        }
+        t.last_updated_at = now;
+        Ok(r)
+    }
+
+    /// Checks an access token (and client token) for a handshake in `mode`
+    /// and, when accepted, spends the token or binds the client token.
+    pub fn admit(
+        &self,
+        token: &str,
+        mode: Side,
+        client_token: Option<&str>,
+    ) -> Result<Admission, Refusal> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let (id, side) = inner
+            .tokens
+            .get(token)
+            .cloned()
+            .ok_or_else(|| Refusal::new(403, "invalid access token"))?;
+        let t = inner
+            .tunnels
+            .get_mut(&id)
+            .ok_or_else(|| Refusal::new(403, "invalid access token"))?;
+        if !t.open {
+            return Err(Refusal::new(403, "tunnel is closed"));
+        }
+        if side != mode {
+            return Err(Refusal::new(
+                403,
+                format!("access token is for {side} mode, not {mode}"),
+            ));
+        }
+        let s = &mut t.sides[side.index()];
+        match (&s.client_token, client_token) {
+            (Some(bound), Some(given)) if bound.expose() == given => {}
+            (Some(_), Some(_)) => return Err(Refusal::new(403, "client token mismatch")),
+            (Some(_), None) => {
+                return Err(Refusal::new(
+                    403,
+                    "access token is bound to a client token: client-token header required",
+                ))
+            }
+            (None, _) if s.spent => {
+                return Err(Refusal::new(
+                    403,
+                    "access token already used (connect with a client token to reconnect)",
+                ))
+            }
+            (None, Some(given)) => s.client_token = Some(Secret::new(given)),
+            (None, None) => s.spent = true,
+        }
+        Ok(Admission {
+            tunnel_id: id,
+            side,
+            services: t.services.clone(),
+        })
+    }
+
+    /// Makes `conn` the connection of `side`, replacing (closing) the
+    /// previous one. Returns the drop-after-bytes limit for this connection,
+    /// or `Err` when the tunnel closed meanwhile.
+    pub fn register(
+        &self,
+        id: &str,
+        side: Side,
+        conn: ConnHandle,
+    ) -> Result<Option<u64>, TunnelClosed> {
+        let now = now_epoch();
+        let mut g = self.lock();
+        let t = g.tunnels.get_mut(id).ok_or(TunnelClosed)?;
+        if !t.open {
+            return Err(TunnelClosed);
+        }
+        if t.sides[side.index()].conn.is_some() {
+            log::info!("tunnel {id}: {side} connection replaced by a new one");
+            t.detach(
+                side,
+                Some((CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED)),
+                now,
+            );
+        }
+        let s = &mut t.sides[side.index()];
+        s.conn = Some(conn);
+        s.state_updated_at = now;
+        let f = &self.faults;
+        let drop_after = match f.drop_after_bytes {
+            Some(n)
+                if f.drop_side.map_or(true, |d| d == side)
+                    && (f.drop_repeat || !s.dropped_once) =>
+            {
+                s.dropped_once = true;
+                Some(n)
+            }
+            _ => None,
+        };
+        Ok(drop_after)
+    }
+
+    /// Forgets connection `conn_id` of `side` if it is still current, and
+    /// resets the peer's streams.
+    pub fn unregister(&self, id: &str, side: Side, conn_id: u64) {
+        let mut g = self.lock();
+        if let Some(t) = g.tunnels.get_mut(id) {
+            if t.sides[side.index()].conn.as_ref().map(|c| c.id) == Some(conn_id) {
+                t.detach(side, None, now_epoch());
+            }
+        }
+    }
+
+    /// Applies stream events from connection `conn_id` and returns its peer.
+    pub fn route(&self, id: &str, side: Side, conn_id: u64, events: Vec<StreamEvent>) -> Route {
+        let mut g = self.lock();
+        let Some(t) = g.tunnels.get_mut(id) else {
+            return Route::Gone;
+        };
+        if t.sides[side.index()].conn.as_ref().map(|c| c.id) != Some(conn_id) {
+            return Route::Gone;
+        }
+        let peer = t.sides[side.peer().index()].conn.clone();
+        for e in events {
+            match e {
+                StreamEvent::Start { service, stream } => {
+                    if peer.is_some() {
+                        t.streams.retain(|(s, _)| *s != service);
+                        t.streams.push((service, stream));
+                    }
+                }
+                StreamEvent::Reset { service, stream } => {
+                    t.streams
+                        .retain(|(s, id)| !(*s == service && *id == stream));
+                }
+            }
+        }
+        Route::Peer(peer)
+    }
+
+    /// The current services of a tunnel (they change on rotation).
+    pub fn services(&self, id: &str) -> Option<Arc<Vec<String>>> {
+        self.lock().tunnels.get(id).map(|t| t.services.clone())
+    }
+
+    /// Sends `out` to the connection of `side` (fault injection).
+    pub fn send_to(&self, id: &str, side: Side, out: Out) -> Result<(), ApiError> {
+        let g = self.lock();
+        let t = g.tunnels.get(id).ok_or_else(|| ApiError::not_found(id))?;
+        let conn = t.sides[side.index()]
+            .conn
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid(format!("no {side} connected to tunnel {id}")))?;
+        conn.send(out);
+        Ok(())
+    }
+
+    /// Closes tunnels whose lifetime is over; blocks until `shutdown`.
+    pub fn run_expiry(&self) {
+        let mut g = self.lock();
+        loop {
+            if g.shutdown {
+                return;
+            }
+            let now = Instant::now();
+            let mut next: Option<Instant> = None;
+            for t in g.tunnels.values_mut().filter(|t| t.open) {
+                if t.expires_at <= now {
+                    t.close(CLOSE_REASON_TUNNEL_EXPIRED, now_epoch());
+                    log::info!("tunnel {} expired", t.id);
+                } else {
+                    next = Some(next.map_or(t.expires_at, |n| n.min(t.expires_at)));
+                }
+            }
+            let wait = next.map_or(Duration::from_secs(3600), |n| n - now);
+            g = self
+                .expiry
+                .wait_timeout(g, wait)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Stops the expiry thread and closes every tunnel.
+    pub fn shutdown(&self) {
+        let mut g = self.lock();
+        g.shutdown = true;
+        let now = now_epoch();
+        for t in g.tunnels.values_mut().filter(|t| t.open) {
+            t.close(CLOSE_REASON_TUNNEL_CLOSED, now);
+        }
+        drop(g);
+        self.expiry.notify_all();
+    }
+}
+
+/// A random UUID-shaped tunnel id.
+fn uuid_like() -> String {
+    let mut b = [0u8; 16];
+    super::fill_random(&mut b);
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}

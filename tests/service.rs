@@ -1,0 +1,604 @@
+//! End-to-end tests of `tunnel-service`: the binary as a child process on
+//! 127.0.0.1 port 0, the API over HTTP and raw WebSocket clients over TLS.
+
+mod common;
+
+use common::raw::*;
+use localproxy::frame::{message, FrameDecoder, MessageType};
+use localproxy::protocol::CLOSE_REASON_REPLACED;
+use serde_json::json;
+use tungstenite::Message as WsMessage;
+
+#[test]
+fn api_operations_have_the_aws_shapes() {
+    let svc = Svc::start(&[]);
+    let (status, headers, v) = svc.call(
+        "IoTSecuredTunneling.OpenTunnel",
+        &json!({"description": "d", "tags": [{"key": "k", "value": "v"}],
+                "destinationConfig": {"thingName": "thing1", "services": ["SSH1", "WEB"]},
+                "timeoutConfig": {"maxLifetimeTimeoutMinutes": 30}})
+        .to_string(),
+    );
+    assert_eq!(status, 200);
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "content-type" && v == "application/x-amz-json-1.1"));
+    let mut keys: Vec<_> = v.as_object().expect("object").keys().cloned().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "destinationAccessToken",
+            "sourceAccessToken",
+            "tunnelArn",
+            "tunnelId"
+        ]
+    );
+    let id = v["tunnelId"].as_str().expect("id").to_string();
+    assert!(v["tunnelArn"]
+        .as_str()
+        .expect("arn")
+        .ends_with(&format!(":tunnel/{id}")));
+    assert!(v["sourceAccessToken"].as_str().expect("token").len() >= 100);
+    assert_ne!(v["sourceAccessToken"], v["destinationAccessToken"]);
+
+    let t = svc.describe(&id);
+    for k in [
+        "tunnelId",
+        "tunnelArn",
+        "status",
+        "sourceConnectionState",
+        "destinationConnectionState",
+        "description",
+        "destinationConfig",
+        "timeoutConfig",
+        "tags",
+        "createdAt",
+        "lastUpdatedAt",
+    ] {
+        assert!(t.get(k).is_some(), "describe lacks {k}: {t}");
+    }
+    assert_eq!(t["status"], "OPEN");
+    assert_eq!(t["sourceConnectionState"]["status"], "DISCONNECTED");
+    assert!(t["sourceConnectionState"]["lastUpdatedAt"].is_number());
+    assert!(t["createdAt"].is_number());
+    assert_eq!(
+        t["destinationConfig"],
+        json!({"thingName": "thing1", "services": ["SSH1", "WEB"]})
+    );
+    assert_eq!(t["timeoutConfig"], json!({"maxLifetimeTimeoutMinutes": 30}));
+    assert_eq!(t["tags"], json!([{"key": "k", "value": "v"}]));
+
+    let (id2, _, _) = svc.open(&["X"], 5);
+    let l = svc.ok("IoTSecuredTunneling.ListTunnels", json!({}));
+    let s = l["tunnelSummaries"].as_array().expect("summaries");
+    assert_eq!(s.len(), 2);
+    for k in [
+        "tunnelId",
+        "tunnelArn",
+        "status",
+        "createdAt",
+        "lastUpdatedAt",
+    ] {
+        assert!(s[0].get(k).is_some(), "summary lacks {k}");
+    }
+    let page = svc.ok("IoTSecuredTunneling.ListTunnels", json!({"maxResults": 1}));
+    assert_eq!(page["tunnelSummaries"].as_array().expect("page").len(), 1);
+    let token = page["nextToken"].as_str().expect("nextToken").to_string();
+    let page2 = svc.ok(
+        "IoTSecuredTunneling.ListTunnels",
+        json!({"maxResults": 1, "nextToken": token}),
+    );
+    assert_eq!(page2["tunnelSummaries"][0]["tunnelId"], json!(id2));
+    assert!(page2.get("nextToken").is_none());
+    let by_thing = svc.ok(
+        "IoTSecuredTunneling.ListTunnels",
+        json!({"thingName": "thing1"}),
+    );
+    assert_eq!(
+        by_thing["tunnelSummaries"].as_array().expect("list").len(),
+        1
+    );
+
+    let r = svc.ok(
+        "IoTSecuredTunneling.RotateTunnelAccessToken",
+        json!({"tunnelId": id, "clientMode": "SOURCE"}),
+    );
+    assert!(r["sourceAccessToken"].is_string() && r.get("destinationAccessToken").is_none());
+    assert!(r["tunnelArn"].is_string());
+    let r = svc.ok(
+        "IoTSecuredTunneling.RotateTunnelAccessToken",
+        json!({"tunnelId": id, "clientMode": "ALL"}),
+    );
+    assert!(r["sourceAccessToken"].is_string() && r["destinationAccessToken"].is_string());
+
+    assert_eq!(
+        svc.ok("IoTSecuredTunneling.CloseTunnel", json!({"tunnelId": id})),
+        json!({})
+    );
+    assert_eq!(svc.describe(&id)["status"], "CLOSED");
+    svc.ok(
+        "IoTSecuredTunneling.CloseTunnel",
+        json!({"tunnelId": id, "delete": true}),
+    );
+    let (status, headers, e) = svc.call(
+        "IoTSecuredTunneling.DescribeTunnel",
+        &json!({"tunnelId": id}).to_string(),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(e["__type"], "ResourceNotFoundException");
+    assert!(e["message"].as_str().expect("message").contains(&id));
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n == "x-amzn-errortype" && v == "ResourceNotFoundException"));
+
+    for (target, body) in [
+        (
+            "IoTSecuredTunneling.OpenTunnel",
+            json!({"destinationConfig": {"services": ["a", "b", "c", "d"]}}),
+        ),
+        (
+            "IoTSecuredTunneling.OpenTunnel",
+            json!({"timeoutConfig": {"maxLifetimeTimeoutMinutes": 721}}),
+        ),
+        (
+            "IoTSecuredTunneling.RotateTunnelAccessToken",
+            json!({"tunnelId": id2, "clientMode": "BOTH"}),
+        ),
+        (
+            "IoTSecuredTunneling.RotateTunnelAccessToken",
+            json!({"tunnelId": id2, "clientMode": "SOURCE", "destinationConfig": {"services": ["X"]}}),
+        ),
+    ] {
+        let (status, _, e) = svc.call(target, &body.to_string());
+        assert_eq!(
+            (status, e["__type"].as_str()),
+            (400, Some("InvalidRequestException")),
+            "{body}"
+        );
+    }
+    let (status, _, e) = svc.call("IoTSecuredTunneling.Nope", "{}");
+    assert_eq!(
+        (status, e["__type"].as_str()),
+        (400, Some("UnknownOperationException"))
+    );
+}
+
+#[test]
+fn cli_client_prints_tokens() {
+    let svc = Svc::start(&[]);
+    let bin = env!("CARGO_BIN_EXE_tunnel-service");
+    let out = std::process::Command::new(bin)
+        .args([
+            "open",
+            "--api",
+            &svc.api,
+            "--services",
+            "SSH1,WEB",
+            "--format",
+            "env",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("utf8");
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
+    let id = get("TUNNEL_ID").expect("id");
+    assert!(get("SOURCE_TOKEN").expect("src").len() >= 100);
+    assert!(get("DESTINATION_TOKEN").is_some());
+    assert_eq!(
+        svc.describe(&id)["destinationConfig"]["services"],
+        json!(["SSH1", "WEB"])
+    );
+    let list = std::process::Command::new(bin)
+        .args(["list", "--api", &svc.api])
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&format!("{id} OPEN")));
+    let close = std::process::Command::new(bin)
+        .args(["close", "--api", &svc.api, "--tunnel-id", &id])
+        .output()
+        .expect("runs");
+    assert!(close.status.success());
+    assert_eq!(svc.describe(&id)["status"], "CLOSED");
+    let bad = std::process::Command::new(bin)
+        .args(["close", "--api", &svc.api, "--tunnel-id", "nope"])
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ResourceNotFoundException"));
+    let help = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("SIGNATURES ARE NOT CHECKED"));
+}
+
+#[test]
+fn handshake_refusal_matrix() {
+    let svc = Svc::start(&[]);
+    let (id, src, dst) = svc.open(&["SSH1"], 10);
+    let ct = "c".repeat(32);
+    let src_q = "/tunnel?local-proxy-mode=source";
+    let long = "x".repeat(4100);
+    let two_cookies = format!("awsiot-tunnel-token={src}; awsiot-tunnel-token={src}");
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "/other?local-proxy-mode=source",
+            vec![("access-token", &src), ("sec-websocket-protocol", V3)],
+            404,
+            "path",
+        ),
+        (
+            "/tunnel",
+            vec![("access-token", &src), ("sec-websocket-protocol", V3)],
+            400,
+            "missing local-proxy-mode",
+        ),
+        (
+            "/tunnel?local-proxy-mode=both",
+            vec![("access-token", &src), ("sec-websocket-protocol", V3)],
+            400,
+            "invalid local-proxy-mode",
+        ),
+        (
+            src_q,
+            vec![("sec-websocket-protocol", V3)],
+            401,
+            "missing access token",
+        ),
+        (
+            src_q,
+            vec![
+                ("access-token", &src),
+                ("access-token", &src),
+                ("sec-websocket-protocol", V3),
+            ],
+            400,
+            "exactly one",
+        ),
+        (
+            src_q,
+            vec![
+                ("access-token", &src),
+                ("cookie", &two_cookies),
+                ("sec-websocket-protocol", V3),
+            ],
+            400,
+            "exactly one",
+        ),
+        (
+            src_q,
+            vec![
+                ("access-token", &src),
+                ("client-token", "short"),
+                ("sec-websocket-protocol", V3),
+            ],
+            400,
+            "invalid client token",
+        ),
+        (
+            src_q,
+            vec![
+                ("access-token", &src),
+                ("sec-websocket-protocol", "aws.iot.securetunneling-9.0"),
+            ],
+            400,
+            "subprotocol",
+        ),
+        (src_q, vec![("access-token", &src)], 400, "subprotocol"),
+        (
+            src_q,
+            vec![
+                ("access-token", &src),
+                ("x-pad", &long),
+                ("sec-websocket-protocol", V3),
+            ],
+            400,
+            "too large",
+        ),
+        (
+            src_q,
+            vec![
+                ("access-token", "not-a-token"),
+                ("sec-websocket-protocol", V3),
+            ],
+            403,
+            "invalid access token",
+        ),
+        (
+            src_q,
+            vec![("access-token", &dst), ("sec-websocket-protocol", V3)],
+            403,
+            "destination mode, not source",
+        ),
+    ];
+    for (q, h, status, reason) in &cases {
+        let (s, r) = connect(&svc, q, h).map(|_| ()).expect_err("refused");
+        assert_eq!(s, *status, "{q} {reason}: got {s} {r}");
+        assert!(r.contains(reason), "{q}: reason {r:?} lacks {reason:?}");
+    }
+    // The cookie works as the token; subprotocol and channel-id come back.
+    let cookie = format!("awsiot-tunnel-token={src}");
+    let (_ws, proto, channel) = connect(
+        &svc,
+        src_q,
+        &[
+            ("cookie", &cookie),
+            (
+                "sec-websocket-protocol",
+                "aws.iot.securetunneling-2.0, aws.iot.securetunneling-1.0",
+            ),
+        ],
+    )
+    .expect("accepted");
+    assert_eq!(proto.as_deref(), Some("aws.iot.securetunneling-2.0"));
+    assert!(channel.expect("channel-id").len() >= 16);
+    // Without a client token, the token is spent.
+    let again = connect(
+        &svc,
+        src_q,
+        &[("access-token", &src), ("sec-websocket-protocol", V3)],
+    )
+    .map(|_| ())
+    .expect_err("spent");
+    assert_eq!(again.0, 403);
+    assert!(again.1.contains("already used"), "{}", again.1);
+    // With a client token: reconnects need the same one.
+    let dst_q = "/tunnel?local-proxy-mode=destination";
+    let _d = join(&svc, "destination", &dst, Some(&ct));
+    for (h, reason) in [
+        (
+            vec![
+                ("access-token", dst.as_str()),
+                ("sec-websocket-protocol", V3),
+            ],
+            "client-token header required",
+        ),
+        (
+            vec![
+                ("access-token", dst.as_str()),
+                ("client-token", &"d".repeat(32)),
+                ("sec-websocket-protocol", V3),
+            ],
+            "client token mismatch",
+        ),
+    ] {
+        let (s, r) = connect(&svc, dst_q, &h).map(|_| ()).expect_err("refused");
+        assert_eq!((s, r.contains(reason)), (403, true), "{r}");
+    }
+    let _d2 = join(&svc, "destination", &dst, Some(&ct));
+    // Closed tunnel.
+    svc.ok("IoTSecuredTunneling.CloseTunnel", json!({"tunnelId": id}));
+    let (s, r) = connect(
+        &svc,
+        dst_q,
+        &[
+            ("access-token", &dst),
+            ("client-token", &ct),
+            ("sec-websocket-protocol", V3),
+        ],
+    )
+    .map(|_| ())
+    .expect_err("closed");
+    assert_eq!((s, r.as_str()), (403, "tunnel is closed"));
+}
+
+#[test]
+fn relays_frames_between_source_and_destination() {
+    let svc = Svc::start(&[]);
+    let (id, src, dst) = svc.open(&["SSH1", "WEB"], 10);
+    let mut d = join(&svc, "destination", &dst, None);
+    let mut s = join(&svc, "source", &src, None);
+    let (mut dd, mut sd) = (FrameDecoder::default(), FrameDecoder::default());
+    for (ws, dec) in [(&mut d, &mut dd), (&mut s, &mut sd)] {
+        match recv(ws, dec, 1) {
+            Event::Frames(m) => {
+                assert_eq!(m[0].type_pb, MessageType::SERVICE_IDS);
+                assert_eq!(m[0].availableServiceIds, vec!["SSH1", "WEB"]);
+            }
+            e => panic!("expected SERVICE_IDS, got {e:?}"),
+        }
+    }
+    let described = svc.describe(&id);
+    assert_eq!(described["sourceConnectionState"]["status"], "CONNECTED");
+    assert_eq!(
+        described["destinationConnectionState"]["status"],
+        "CONNECTED"
+    );
+    let big = vec![0x5au8; 60_000];
+    let sent = vec![
+        message(MessageType::STREAM_START, 1, "SSH1", 1, b""),
+        message(MessageType::DATA, 1, "SSH1", 1, b"hello"),
+        message(MessageType::DATA, 1, "SSH1", 1, &big),
+        message(MessageType::CONNECTION_START, 1, "SSH1", 2, b""),
+    ];
+    // Split across WebSocket messages at odd points.
+    let bytes = frames(&sent);
+    for part in [&bytes[..3], &bytes[3..20], &bytes[20..]] {
+        send(&mut s, part.to_vec());
+    }
+    match recv(&mut d, &mut dd, 4) {
+        Event::Frames(m) => assert_eq!(m, sent),
+        e => panic!("{e:?}"),
+    }
+    let reply = vec![message(MessageType::DATA, 1, "SSH1", 1, b"world")];
+    send(&mut d, frames(&reply));
+    match recv(&mut s, &mut sd, 1) {
+        Event::Frames(m) => assert_eq!(m, reply),
+        e => panic!("{e:?}"),
+    }
+    // Pings are answered.
+    s.send(WsMessage::Ping(b"p1".to_vec())).expect("ping");
+    match s.read().expect("pong") {
+        WsMessage::Pong(p) => assert_eq!(p, b"p1"),
+        m => panic!("unexpected {m:?}"),
+    }
+    // The destination goes away: the source gets a reset of its stream.
+    d.close(None).expect("close");
+    let _ = d.read();
+    match recv(&mut s, &mut sd, 1) {
+        Event::Frames(m) => assert_eq!(
+            m,
+            vec![message(MessageType::STREAM_RESET, 1, "SSH1", 0, b"")]
+        ),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn rule_violations_close_the_client() {
+    let svc = Svc::start(&[]);
+    let ct = "a".repeat(40);
+    let (_, src, dst) = svc.open(&["SSH1"], 10);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "destination",
+            frames(&[message(MessageType::STREAM_START, 1, "SSH1", 1, b"")]),
+            1008,
+            "destination must not send STREAM_START",
+        ),
+        (
+            "source",
+            frames(&[message(MessageType::DATA, 0, "SSH1", 1, b"x")]),
+            1008,
+            "stream id 0",
+        ),
+        (
+            "source",
+            frames(&[message(MessageType::DATA, 1, "NOPE", 1, b"x")]),
+            1008,
+            "NOPE",
+        ),
+        (
+            "source",
+            frames(&[message(MessageType::SESSION_RESET, 1, "", 0, b"")]),
+            1008,
+            "SESSION_RESET",
+        ),
+        (
+            "source",
+            frames(&[message(MessageType::SERVICE_IDS, 1, "", 0, b"")]),
+            1008,
+            "SERVICE_IDS",
+        ),
+        (
+            "source",
+            frames(&[message(MessageType::DATA, 1, "SSH1", 1, &vec![0u8; 64_513])]),
+            1008,
+            "64512",
+        ),
+        (
+            "source",
+            vec![0, 6, 0x08, 1, 0x10, 1, 0x48, 1],
+            1008,
+            "unknown field 9",
+        ),
+        ("source", vec![0, 0], 1008, "unknown type"),
+        ("source", vec![0u8; 131_077], 1009, "131076"),
+    ];
+    for (mode, bytes, code, reason) in cases {
+        let token = if mode == "source" { &src } else { &dst };
+        let mut ws = join(&svc, mode, token, Some(&ct));
+        match recv(&mut ws, &mut FrameDecoder::default(), 1) {
+            Event::Frames(_) => {}
+            e => panic!("{e:?}"),
+        }
+        // The service may close before it read all of an oversized frame.
+        let _ = ws.send(WsMessage::Binary(bytes));
+        let (c, r) = expect_close(&mut ws);
+        assert_eq!(c, code, "{reason}: {r}");
+        assert!(r.contains(reason), "{r:?} lacks {reason:?}");
+    }
+    let mut ws = join(&svc, "source", &src, Some(&ct));
+    ws.send(WsMessage::Text("hi".into())).expect("sent");
+    let (c, r) = expect_close(&mut ws);
+    assert_eq!(c, 1003);
+    assert!(r.contains("text frame"), "{r}");
+}
+
+#[test]
+fn a_new_connection_replaces_the_old_and_resets_peer_streams() {
+    let svc = Svc::start(&[]);
+    let ct = "b".repeat(32);
+    let (_, src, dst) = svc.open(&["SSH1"], 10);
+    let mut d = join(&svc, "destination", &dst, None);
+    let mut dd = FrameDecoder::default();
+    recv(&mut d, &mut dd, 1);
+    let mut s1 = join(&svc, "source", &src, Some(&ct));
+    recv(&mut s1, &mut FrameDecoder::default(), 1);
+    send(
+        &mut s1,
+        frames(&[message(MessageType::STREAM_START, 7, "SSH1", 1, b"")]),
+    );
+    match recv(&mut d, &mut dd, 1) {
+        Event::Frames(m) => assert_eq!(m[0].type_pb, MessageType::STREAM_START),
+        e => panic!("{e:?}"),
+    }
+    let mut s2 = join(&svc, "source", &src, Some(&ct));
+    let (c, r) = expect_close(&mut s1);
+    assert_eq!((c, r.as_str()), (1008, CLOSE_REASON_REPLACED));
+    match recv(&mut d, &mut dd, 1) {
+        Event::Frames(m) => assert_eq!(
+            m,
+            vec![message(MessageType::STREAM_RESET, 7, "SSH1", 0, b"")]
+        ),
+        e => panic!("{e:?}"),
+    }
+    recv(&mut s2, &mut FrameDecoder::default(), 1);
+    send(
+        &mut s2,
+        frames(&[message(MessageType::STREAM_START, 8, "SSH1", 1, b"")]),
+    );
+    match recv(&mut d, &mut dd, 1) {
+        Event::Frames(m) => assert_eq!(m[0].streamId, 8),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn close_tunnel_and_rotation_close_clients() {
+    let svc = Svc::start(&[]);
+    let (id, src, dst) = svc.open(&["SSH1"], 10);
+    let mut s = join(&svc, "source", &src, None);
+    let mut d = join(&svc, "destination", &dst, None);
+    let r = svc.ok(
+        "IoTSecuredTunneling.RotateTunnelAccessToken",
+        json!({"tunnelId": id, "clientMode": "SOURCE"}),
+    );
+    let (c, reason) = expect_close(&mut s);
+    assert_eq!((c, reason.as_str()), (1008, "access token rotated"));
+    let (status, _) = connect(
+        &svc,
+        "/tunnel?local-proxy-mode=source",
+        &[("access-token", &src), ("sec-websocket-protocol", V3)],
+    )
+    .map(|_| ())
+    .expect_err("old token");
+    assert_eq!(status, 403);
+    let mut s = join(
+        &svc,
+        "source",
+        r["sourceAccessToken"].as_str().expect("token"),
+        None,
+    );
+    svc.ok("IoTSecuredTunneling.CloseTunnel", json!({"tunnelId": id}));
+    assert_eq!(expect_close(&mut s), (1000, "tunnel closed".to_string()));
+    assert_eq!(expect_close(&mut d), (1000, "tunnel closed".to_string()));
+}
+
+#[test]
+fn lifetime_expiry_closes_both_sides() {
+    let svc = Svc::start(&["--lifetime-unit-seconds"]);
+    let (id, src, dst) = svc.open(&["SSH1"], 1);
+    let mut s = join(&svc, "source", &src, None);
+    let mut d = join(&svc, "destination", &dst, None);
+    assert_eq!(expect_close(&mut s), (1000, "tunnel expired".to_string()));
+    assert_eq!(expect_close(&mut d), (1000, "tunnel expired".to_string()));
+    assert_eq!(svc.describe(&id)["status"], "CLOSED");
+}
