@@ -1,0 +1,122 @@
+# Build, test and maintenance entry points. Every target is a thin wrapper
+# around cargo so that `make test` here and in CI (.ci/run) are the same thing.
+
+CARGO ?= cargo
+# Tools installed by `cargo install` land here; make sure they are found.
+CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+export PATH := $(CARGO_BIN):$(PATH)
+
+MSRV := 1.75
+PB_RS_VERSION := 0.10.0
+PROTO := proto/securetunneling.proto
+PROTO_OUT := src/proto
+# Marker every generated file must carry so rustfmt leaves it alone.
+RUSTFMT_SKIP := \#![cfg_attr(rustfmt, rustfmt_skip)]
+
+# `make fuzz SECONDS=N`
+SECONDS ?= 60
+FUZZ_TARGET := frame_decoder
+
+# `make install PREFIX=/usr/local DESTDIR=`
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINARIES := localproxy tunnel-service
+
+.PHONY: all build release test demo proto proto-check pb-rs fuzz cargo-fuzz \
+	msrv bench cross cross-test vendor-check install clean
+
+all: build
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --release --locked
+
+# Formatting, lints, every unit and integration test, then the generated
+# protobuf code against its schema (when pb-rs is at hand: .ci/run installs it).
+test:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) test --locked
+	@if command -v pb-rs >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory proto-check; \
+	else \
+		echo "proto-check skipped: pb-rs is not installed ('make proto-check' installs it)"; \
+	fi
+
+demo:
+	bash scripts/demo.sh
+
+# Install pb-rs $(PB_RS_VERSION) unless that exact version is already on PATH.
+pb-rs:
+	@pb-rs --version 2>/dev/null | grep -qx 'pb-rs $(PB_RS_VERSION)' || \
+		$(CARGO) install pb-rs --version $(PB_RS_VERSION) --locked
+
+# Regenerate src/proto from the schema. The output is not run through
+# rustfmt: each generated file opens with $(RUSTFMT_SKIP) and src/lib.rs
+# declares the module `#[rustfmt::skip]`, so `cargo fmt --check` skips it.
+proto: pb-rs
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	pb-rs -d "$$tmp" $(PROTO) >/dev/null && \
+	for f in $$(find "$$tmp" -name '*.rs' ! -name mod.rs); do \
+		grep -qF '$(RUSTFMT_SKIP)' "$$f" || { echo "$$f lacks $(RUSTFMT_SKIP)" >&2; exit 1; }; \
+	done && \
+	rm -rf $(PROTO_OUT) && cp -R "$$tmp" $(PROTO_OUT) && chmod -R u+rwX,go+rX $(PROTO_OUT)
+	@echo "regenerated $(PROTO_OUT) from $(PROTO)"
+
+# Proves the checked-in generated code is exactly what the schema gives.
+proto-check: pb-rs
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	pb-rs -d "$$tmp" $(PROTO) >/dev/null && \
+	if diff -r "$$tmp" $(PROTO_OUT); then \
+		echo "proto-check: $(PROTO_OUT) matches $(PROTO)"; \
+	else \
+		echo "proto-check: $(PROTO_OUT) is stale, run 'make proto' and commit" >&2; exit 1; \
+	fi
+
+cargo-fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+# Coverage-guided fuzzing of the frame decoder (needs the nightly toolchain).
+# New inputs go to an ignored working corpus; the committed seeds are read only.
+fuzz: cargo-fuzz
+	mkdir -p fuzz/corpus/$(FUZZ_TARGET)-work
+	$(CARGO) +nightly fuzz run $(FUZZ_TARGET) \
+		fuzz/corpus/$(FUZZ_TARGET)-work fuzz/corpus/$(FUZZ_TARGET) \
+		-- -max_total_time=$(SECONDS)
+
+# Builds everything with the oldest supported toolchain (rust-version).
+msrv:
+	@rustup toolchain list | grep -q '^$(MSRV)[.-]' || \
+		rustup toolchain install $(MSRV) --profile minimal
+	$(CARGO) +$(MSRV) build --locked --all-targets
+
+bench:
+	@echo "bench: not yet (a later issue adds the benchmarks)"
+
+cross cross-test:
+	@echo "$@: not yet (see cross/README.md)"
+
+# Proves the build needs nothing but the vendored sources: vendor every
+# dependency, then build offline with an empty CARGO_HOME whose only config
+# points crates.io at the vendored copy. RUSTUP_HOME is pinned so the
+# toolchain stays reachable.
+vendor-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	rustup_home=$$(rustup show home) && \
+	mkdir "$$tmp/cargo-home" && \
+	$(CARGO) vendor --locked --versioned-dirs "$$tmp/vendor" > "$$tmp/cargo-home/config.toml" && \
+	echo "vendor-check: building offline from $$tmp/vendor" && \
+	CARGO_HOME="$$tmp/cargo-home" RUSTUP_HOME="$$rustup_home" \
+	CARGO_TARGET_DIR="$$tmp/target" \
+		$(CARGO) build --offline --locked --all-targets && \
+	echo "vendor-check: offline build from vendored sources passed"
+
+install: release
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 0755 $(addprefix target/release/,$(BINARIES)) "$(DESTDIR)$(PREFIX)/bin/"
+
+clean:
+	$(CARGO) clean
+	rm -rf fuzz/target fuzz/artifacts fuzz/corpus/$(FUZZ_TARGET)-work
