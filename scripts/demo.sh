@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# End-to-end demo: the local tunneling service, a destination proxy and a
-# source proxy on loopback. Placeholder until the tunnel is implemented.
+# `make demo`: builds both binaries and runs the demo driver
+# (tests/support/demo.rs), which starts the local tunneling service, a
+# destination and a source localproxy, drives traffic through two services
+# and stops every process it started, whether it succeeds or not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked --quiet
-echo "demo: the tunnel is not implemented yet"
+cargo build --locked --quiet --bins
+exec cargo run --locked --quiet --example demo

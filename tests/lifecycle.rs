@@ -145,5 +145,5 @@ fn tokens_never_appear_in_output_at_trace_level() {
         }
     }
     // -t on the command line earns a warning.
-    assert!(source.stderr.all().contains("visible to other users"));
+    assert!(source.stderr.all().contains("other users"));
 }

@@ -49,7 +49,7 @@ fn one_service_one_connection_with_rechunking() {
 #[test]
 fn three_services_eight_connections_each_no_cross_talk() {
     let _w = watchdog("three_services", Duration::from_secs(240));
-    let service = Service::start(&["--rechunk-seed", "42"]);
+    let service = Service::start(&["--rechunk-seed", "42", "--rechunk-max", "20000"]);
     let names = ["SSH1", "WEB", "DB"];
     let tunnel = service.open(&names);
     let maps: Vec<String> = names
@@ -134,7 +134,7 @@ fn destination_service_down_closes_the_client_socket() {
     let mut buf = [0u8; 16];
     let n = client.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the reset reached the source and closed the client");
-    dest.stderr.wait_for("Cannot connect to 127.0.0.1", SECS_20);
+    dest.stderr.wait_for("Cannot connect to", SECS_20);
     // The tunnel still works for the next connection once the service is up.
     let _ = client;
 }

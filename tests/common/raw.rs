@@ -1,7 +1,6 @@
 //! Raw clients for the tunnel-service tests: the service as a child
 //! process, a raw HTTP JSON client and raw WebSocket clients.
 
-
 use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
