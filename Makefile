@@ -22,7 +22,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 BINARIES := localproxy tunnel-service
 
-.PHONY: all build release test demo proto proto-check pb-rs fuzz cargo-fuzz \
+.PHONY: all build release test demo setup proto proto-check pb-rs fuzz cargo-fuzz \
 	msrv bench cross cross-test vendor-check install clean
 
 all: build
@@ -35,7 +35,7 @@ release:
 
 # Formatting, lints, every unit and integration test, then the generated
 # protobuf code against its schema (when pb-rs is at hand: .ci/run installs it).
-test:
+test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
@@ -45,8 +45,12 @@ test:
 		echo "proto-check skipped: pb-rs is not installed ('make proto-check' installs it)"; \
 	fi
 
-demo:
+demo: setup
 	bash scripts/demo.sh
+
+# Installs what the build and the tests need, each only when missing.
+setup:
+	bash scripts/setup.sh
 
 # Install pb-rs $(PB_RS_VERSION) unless that exact version is already on PATH.
 pb-rs:
