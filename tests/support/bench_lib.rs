@@ -277,6 +277,9 @@ impl Report {
 pub struct Mem {
     pub rss_kib: u64,
     pub hwm_kib: u64,
+    /// Private memory (heap, stacks) and mapped files (the binary, OpenSSL).
+    pub anon_kib: u64,
+    pub file_kib: u64,
     pub threads: u64,
 }
 
@@ -292,6 +295,8 @@ pub fn mem(pid: u32) -> Mem {
     Mem {
         rss_kib: field("VmRSS:"),
         hwm_kib: field("VmHWM:"),
+        anon_kib: field("RssAnon:"),
+        file_kib: field("RssFile:"),
         threads: field("Threads:"),
     }
 }
@@ -656,9 +661,35 @@ fn reverify(streams: &mut [TcpStream], salt: u64) -> usize {
 /// threads or fewer: its connections have been torn down.
 fn settle(pid: u32, threads: u64, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while mem(pid).threads > threads && Instant::now() < deadline {
+    while mem(pid).threads > threads {
+        if Instant::now() >= deadline {
+            eprintln!(
+                "bench: process {pid} still has {} threads (idle: {threads}) after {limit:?}",
+                mem(pid).threads
+            );
+            return;
+        }
         thread::sleep(Duration::from_millis(20)); // polling interval
     }
+}
+
+/// A process's thread count once it has stayed the same for 200 ms (a
+/// source starts its listener threads just after logging their ports).
+fn stable_threads(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = mem(pid).threads;
+    let mut same = 0;
+    while same < 10 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20)); // polling interval
+        let now = mem(pid).threads;
+        if now == last {
+            same += 1;
+        } else {
+            same = 0;
+            last = now;
+        }
+    }
+    last
 }
 
 // ------------------------------------------------------------- the TLS limit
@@ -818,8 +849,8 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
         ("service", &service.proc),
     ];
     let pids: Vec<u32> = procs.iter().map(|(_, p)| p.pid()).collect();
+    let idle_threads: Vec<u64> = pids.iter().map(|p| stable_threads(*p)).collect();
     let idle: Vec<Mem> = pids.iter().map(|p| mem(*p)).collect();
-    let idle_threads: Vec<u64> = idle.iter().map(|m| m.threads).collect();
 
     progress("chain: 64-byte echo round trips");
     let chain_echo: Vec<(f64, f64)> = reps(r, |_| {
@@ -1037,7 +1068,11 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
                 "MiB",
                 vec![mib(idle[i].rss_kib)],
             )
-            .note("connected, no connection yet"),
+            .note(format!(
+                "connected, no connection yet; anon {:.1} + file {:.1}",
+                mib(idle[i].anon_kib),
+                mib(idle[i].file_kib)
+            )),
         );
     }
     for (i, (name, _)) in procs.iter().enumerate() {
@@ -1124,7 +1159,12 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
                 "MiB",
                 vec![mib(after[i].rss_kib)],
             )
-            .note(format!("VmHWM {:.1} MiB", mib(after[i].hwm_kib))),
+            .note(format!(
+                "anon {:.1} + file {:.1}; VmHWM {:.1}",
+                mib(after[i].anon_kib),
+                mib(after[i].file_kib),
+                mib(after[i].hwm_kib)
+            )),
         );
     }
     drop(source);
