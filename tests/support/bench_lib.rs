@@ -325,7 +325,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
 /// Raises the soft open-file limit to the hard limit, so this process (the
 /// clients and servers) and the proxies it spawns, which inherit it, can hold
 /// thousands of sockets. Returns the new soft limit.
-pub fn raise_nofile() -> u64 {
+pub fn raise_nofile() -> libc::rlim_t {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -342,7 +342,7 @@ pub fn raise_nofile() -> u64 {
         }
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Samples the peak VmRSS of some processes while a phase runs.
