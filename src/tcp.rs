@@ -27,6 +27,10 @@ use crate::streams::WireIds;
 /// move heap buffers around, so a small stack keeps thousands of
 /// connections cheap.
 pub const CONNECTION_THREAD_STACK: usize = 128 * 1024;
+/// First read buffer of a local connection. It grows to the configured read
+/// size the first time a read fills it, so idle and interactive connections
+/// (most of them) keep a small buffer and bulk ones read in large chunks.
+pub const INITIAL_READ_BUFFER: usize = 4 * 1024;
 /// How long one write to a local application may block before the
 /// connection is considered stalled and closed.
 pub const LOCAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,7 +228,8 @@ fn write_half(mut sock: LocalStream, rx: Receiver<Vec<u8>>, stats: Arc<ConnStats
 }
 
 fn read_loop(mut sock: LocalStream, half: ReadHalf, stats: Arc<ConnStats>) {
-    let mut buf = vec![0u8; half.read_size.max(1)];
+    let full = half.read_size.max(1);
+    let mut buf = vec![0u8; INITIAL_READ_BUFFER.min(full)];
     let ids = &half.ids;
     loop {
         let n = match sock.read(&mut buf) {
@@ -253,6 +258,9 @@ fn read_loop(mut sock: LocalStream, half: ReadHalf, stats: Arc<ConnStats>) {
             break;
         }
         stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed);
+        if n == buf.len() && buf.len() < full {
+            buf = vec![0u8; full];
+        }
     }
     (half.on_closed)();
 }
