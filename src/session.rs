@@ -1011,7 +1011,7 @@ fn write_loop(
         loop {
             select! {
                 recv(control) -> c => match c {
-                    Ok(Control::Frame(f)) => ws.send_binary(&f)?,
+                    Ok(Control::Frame(f)) => ws.send_binary_owned(f)?,
                     Ok(Control::Flush) => ws.flush_control()?,
                     Ok(Control::Close(code, reason)) => ws.send_close(code, &reason)?,
                     Ok(Control::Stop) | Err(_) => return Ok(()),
@@ -1035,7 +1035,9 @@ fn write_loop(
 }
 
 /// Sends `first` and whatever else is queued, packed into WebSocket
-/// messages of at most `max_frame` bytes (frames may share a message).
+/// messages of at most `max_frame` bytes (frames may share a message). The
+/// frames' buffers are handed to the WebSocket without another copy; a
+/// batch grows in place, reserving room for a whole message once.
 fn send_batch(
     ws: &mut WsWriter,
     first: Vec<u8>,
@@ -1047,13 +1049,15 @@ fn send_batch(
     for _ in 0..DATA_QUEUE {
         let Ok(next) = data.try_recv() else { break };
         if batch.len() + next.len() > max_frame {
-            ws.send_binary(&batch)?;
-            batch = next;
+            ws.send_binary_owned(std::mem::replace(&mut batch, next))?;
         } else {
+            if batch.capacity() < batch.len() + next.len() {
+                batch.reserve(max_frame - batch.len());
+            }
             batch.extend_from_slice(&next);
         }
     }
-    ws.send_binary(&batch)
+    ws.send_binary_owned(batch)
 }
 
 #[cfg(test)]

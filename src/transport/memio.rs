@@ -127,16 +127,34 @@ pub(crate) fn push_eof(outer: &mut Outer, inner: &mut MemIo) -> io::Result<()> {
 /// outer layer if any. Order is preserved as long as callers write the
 /// returned bytes before the next call's (the writer lock sees to that).
 pub(crate) fn take_outbound(outer: &mut Outer, inner: &mut MemIo) -> io::Result<Vec<u8>> {
-    let data = std::mem::take(&mut inner.outbound);
+    let mut data = Vec::new();
+    swap_outbound(outer, inner, &mut data)?;
+    Ok(data)
+}
+
+/// [`take_outbound`] into `buf` (cleared first), handing `buf`'s allocation
+/// back to the layer: the writer reuses two buffers instead of allocating
+/// one per message.
+pub(crate) fn swap_outbound(
+    outer: &mut Outer,
+    inner: &mut MemIo,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
+    buf.clear();
     match outer {
-        None => Ok(data),
+        None => std::mem::swap(&mut inner.outbound, buf),
         Some(o) => {
-            if !data.is_empty() {
-                o.write_all(&data)?;
+            if !inner.outbound.is_empty() {
+                let data = std::mem::take(&mut inner.outbound);
+                let written = o.write_all(&data);
+                inner.outbound = data;
+                inner.outbound.clear();
+                written?;
             }
-            Ok(std::mem::take(&mut o.get_mut().outbound))
+            std::mem::swap(&mut o.get_mut().outbound, buf);
         }
     }
+    Ok(())
 }
 
 /// Moves bytes between the socket and the layers while connecting, blocking

@@ -19,18 +19,12 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 use super::error::TransportError;
-use super::memio::{push_eof, push_inbound, take_outbound, MemIo, Outer};
+use super::memio::{push_eof, push_inbound, swap_outbound, MemIo, Outer};
 
 /// TLS layers and WebSocket state.
 pub(crate) struct State {
     pub(crate) outer: Outer,
     pub(crate) ws: WebSocket<SslStream<MemIo>>,
-}
-
-impl State {
-    fn take_outbound(&mut self) -> io::Result<Vec<u8>> {
-        take_outbound(&mut self.outer, self.ws.get_mut().get_mut())
-    }
 }
 
 pub(crate) struct Shared {
@@ -65,6 +59,7 @@ pub(crate) fn split(
         WsWriter {
             shared,
             max_frame_size,
+            ciphertext: Vec::new(),
         },
     )
 }
@@ -172,6 +167,9 @@ fn queue_reply(st: &mut State) -> Result<(), TransportError> {
 pub struct WsWriter {
     shared: Arc<Shared>,
     max_frame_size: usize,
+    /// Ciphertext being written; its allocation is swapped with the TLS
+    /// layer's on every message.
+    ciphertext: Vec<u8>,
 }
 
 impl std::fmt::Debug for WsWriter {
@@ -187,16 +185,21 @@ impl WsWriter {
         F: FnOnce(&mut State) -> Result<(), TransportError>,
     {
         let _w = lock(&self.shared.write_lock)?;
-        let data = {
+        {
             let mut st = lock(&self.shared.state)?;
             let r = f(&mut st);
             // Take what was produced even on error (e.g. a close reply).
-            let data = st.take_outbound()?;
-            r.map(|()| data)?
-        };
-        if !data.is_empty() {
-            log::trace!("tunnel socket: write {} bytes", data.len());
-            (&*self.shared.sock).write_all(&data)?;
+            let st = &mut *st;
+            swap_outbound(
+                &mut st.outer,
+                st.ws.get_mut().get_mut(),
+                &mut self.ciphertext,
+            )?;
+            r?;
+        }
+        if !self.ciphertext.is_empty() {
+            log::trace!("tunnel socket: write {} bytes", self.ciphertext.len());
+            (&*self.shared.sock).write_all(&self.ciphertext)?;
         }
         Ok(())
     }
@@ -210,7 +213,18 @@ impl WsWriter {
                 max: self.max_frame_size,
             });
         }
-        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.to_vec()))?))
+        self.send_binary_owned(payload.to_vec())
+    }
+
+    /// [`WsWriter::send_binary`] for a buffer the caller gives up, saving a copy.
+    pub fn send_binary_owned(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
+        if payload.len() > self.max_frame_size {
+            return Err(TransportError::FrameTooLarge {
+                size: payload.len(),
+                max: self.max_frame_size,
+            });
+        }
+        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload))?))
     }
 
     /// Sends a ping (payload at most 125 bytes).
