@@ -12,6 +12,7 @@ pub mod proto;
 pub mod config;
 pub mod frame;
 pub mod protocol;
+pub mod notify;
 pub mod secret;
 pub mod service;
 pub mod session;
