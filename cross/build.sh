@@ -10,30 +10,11 @@ set -euo pipefail
 
 target=${1:?usage: build.sh TARGET [cargo args]}
 shift
-triple=$(gnu_triple "$target")
-prefix=$(env_prefix "$target")
-sysroot=$(sysroot_dir "$target")
-libdir=$(sysroot_libdir "$target")
 
 "$CROSS_DIR/setup.sh" "$target"
 "$CROSS_DIR/sysroot.sh" "$target"
 
-# Linker and C compiler (the cc crate runs the preprocessor for openssl-sys).
-export "CARGO_TARGET_${prefix}_LINKER=$triple-gcc"
-export "CC_${target//-/_}=$triple-gcc"
-export "AR_${target//-/_}=$triple-ar"
-# openssl-sys: explicit dirs for this target only, so host build scripts and a
-# host build in the same shell keep using the host's OpenSSL.
-export "${prefix}_OPENSSL_LIB_DIR=$libdir"
-export "${prefix}_OPENSSL_INCLUDE_DIR=$sysroot/usr/include"
-export "${prefix}_OPENSSL_NO_VENDOR=1"
-unset "${prefix}_OPENSSL_STATIC" OPENSSL_STATIC
-# pkg-config (not used when the dirs above are set, but keep it from ever
-# answering with the host's paths for the target).
-export "PKG_CONFIG_SYSROOT_DIR_${target//-/_}=$sysroot"
-export "PKG_CONFIG_PATH_${target//-/_}=$libdir/pkgconfig"
-# libssl.so.3 needs libcrypto.so.3: tell the linker where the target's lives.
-export "CARGO_TARGET_${prefix}_RUSTFLAGS=-C link-arg=-Wl,-rpath-link,$libdir"
+cross_env "$target"
 
 cd "$ROOT_DIR"
 "$CARGO" build --release --locked --target "$target" --bins "$@"
