@@ -99,7 +99,7 @@ fi
 step "starting the x86 tunnel-service"
 start_bg "$work/service" "$host_out/tunnel-service" serve --listen 127.0.0.1:0 --api-listen 127.0.0.1:0
 service_pid=$LAST_PID
-ready=$(wait_for_line "$work/service.log.out" '^READY ' "$STEP_TIMEOUT" tunnel-service "$service_pid")
+ready=$(wait_for_line "$work/service.out" '^READY ' "$STEP_TIMEOUT" tunnel-service "$service_pid")
 data=$(sed -n 's/.* data=\([^ ]*\).*/\1/p' <<<"$ready")
 api=$(sed -n 's/.* api=\([^ ]*\).*/\1/p' <<<"$ready")
 ca_dir=$(sed -n 's/.* ca_dir=\([^ ]*\).*/\1/p' <<<"$ready")
@@ -116,7 +116,7 @@ step "tunnel $(get TUNNEL_ID)"
 
 step "starting the echo server"
 start_bg "$work/echo" python3 "$CROSS_DIR/e2e.py" echo "$work/echo-received.txt"
-echo_line=$(wait_for_line "$work/echo.log.out" '^PORT [0-9]+' "$STEP_TIMEOUT" "echo server" "$LAST_PID")
+echo_line=$(wait_for_line "$work/echo.out" '^PORT [0-9]+' "$STEP_TIMEOUT" "echo server" "$LAST_PID")
 echo_port=${echo_line#PORT }
 
 # The ARM proxies under qemu-user, the token in the environment (never argv).
@@ -130,11 +130,11 @@ arm_proxy() {
 
 step "ARM destination: -d SSH1=$echo_port"
 arm_proxy "$work/destination" "$dst_token" -d "SSH1=$echo_port"
-wait_for_line "$work/destination.log.log" 'Connected to the tunneling service' "$STEP_TIMEOUT" "destination proxy" "$LAST_PID" >/dev/null
+wait_for_line "$work/destination.log" 'Connected to the tunneling service' "$STEP_TIMEOUT" "destination proxy" "$LAST_PID" >/dev/null
 
 step "ARM source"
 arm_proxy "$work/source" "$src_token" -m source
-listening=$(wait_for_line "$work/source.log.log" 'Listening for new connection on port [0-9]+ for service SSH1' "$STEP_TIMEOUT" "source proxy" "$LAST_PID")
+listening=$(wait_for_line "$work/source.log" 'Listening for new connection on port [0-9]+ for service SSH1' "$STEP_TIMEOUT" "source proxy" "$LAST_PID")
 src_port=$(sed -n 's/.*on port \([0-9]*\) for service SSH1.*/\1/p' <<<"$listening")
 [ -n "$src_port" ] || { echo "cross-test.sh: no port in: $listening" >&2; exit 1; }
 

@@ -11,8 +11,8 @@ pub mod proto;
 
 pub mod config;
 pub mod frame;
-pub mod protocol;
 pub mod notify;
+pub mod protocol;
 pub mod secret;
 pub mod service;
 pub mod session;
