@@ -89,6 +89,7 @@ start_bg() {
 step "building (ARM release on the target's OpenSSL; x86 tunnel-service)"
 "$CROSS_DIR/build.sh" "$target" >/dev/null
 (cd "$ROOT_DIR" && "$CARGO" build --release --locked --bins -q)
+"$CROSS_DIR/unit-check.sh"
 
 if [ "$UNIT_TESTS" = 1 ]; then
     step "library unit tests under $qemu"
