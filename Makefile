@@ -17,13 +17,8 @@ RUSTFMT_SKIP := \#![cfg_attr(rustfmt, rustfmt_skip)]
 SECONDS ?= 60
 FUZZ_TARGET := frame_decoder
 
-# `make install PREFIX=/usr/local DESTDIR=`
-PREFIX ?= /usr/local
-DESTDIR ?=
-BINARIES := localproxy tunnel-service
-
 .PHONY: all build release test demo setup proto proto-check pb-rs fuzz cargo-fuzz \
-	msrv bench bench-smoke cross cross-test vendor-check install clean
+	msrv bench bench-smoke clean
 
 all: build
 
@@ -107,28 +102,42 @@ bench-smoke:
 	$(CARGO) build --release --locked --bins --example bench
 	$(CARGO) run --release --locked --example bench -- --quick
 
-cross cross-test:
-	@echo "$@: not yet (see cross/README.md)"
-
-# Proves the build needs nothing but the vendored sources: vendor every
-# dependency, then build offline with an empty CARGO_HOME whose only config
-# points crates.io at the vendored copy. RUSTUP_HOME is pinned so the
-# toolchain stays reachable.
-vendor-check:
-	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
-	rustup_home=$$(rustup show home) && \
-	mkdir "$$tmp/cargo-home" && \
-	$(CARGO) vendor --locked --versioned-dirs "$$tmp/vendor" > "$$tmp/cargo-home/config.toml" && \
-	echo "vendor-check: building offline from $$tmp/vendor" && \
-	CARGO_HOME="$$tmp/cargo-home" RUSTUP_HOME="$$rustup_home" \
-	CARGO_TARGET_DIR="$$tmp/target" \
-		$(CARGO) build --offline --locked --all-targets && \
-	echo "vendor-check: offline build from vendored sources passed"
-
-install: release
-	install -d "$(DESTDIR)$(PREFIX)/bin"
-	install -m 0755 $(addprefix target/release/,$(BINARIES)) "$(DESTDIR)$(PREFIX)/bin/"
-
 clean:
 	$(CARGO) clean
 	rm -rf fuzz/target fuzz/artifacts fuzz/corpus/$(FUZZ_TARGET)-work
+
+# --- cross-compilation and packaging ---
+# The logic lives in cross/*.sh (see cross/README.md); these targets only call it.
+#   make cross-setup [TARGET=...]    cross gcc, qemu-user, multiarch libc, rustup targets
+#   make cross [TARGET=...]          ARM release build on the target's OpenSSL (default: both)
+#   make cross-test [TARGET=...]     ARM unit tests + end-to-end transfer under qemu-user
+#   make vendor-check                offline, --locked build from `cargo vendor`
+#   make install [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc] [TARGET=]
+#   make static [STATIC_TARGET=x86_64-unknown-linux-musl]   fully static, vendored OpenSSL
+CROSS_TARGETS := armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
+TARGET ?=
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSCONFDIR ?= /etc
+STATIC_TARGET ?= x86_64-unknown-linux-musl
+
+.PHONY: cross cross-test cross-setup vendor-check install static
+
+cross-setup:
+	bash cross/setup.sh $(or $(TARGET),$(CROSS_TARGETS))
+
+cross:
+	@set -e; for t in $(or $(TARGET),$(CROSS_TARGETS)); do bash cross/build.sh $$t; done
+
+cross-test:
+	@set -e; for t in $(or $(TARGET),$(CROSS_TARGETS)); do bash cross/cross-test.sh $$t; done
+
+vendor-check:
+	bash cross/vendor-check.sh
+
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" SYSCONFDIR="$(SYSCONFDIR)" TARGET="$(TARGET)" \
+		bash cross/install.sh
+
+static:
+	bash cross/static.sh $(STATIC_TARGET)

@@ -12,6 +12,7 @@ pub mod proto;
 pub mod config;
 pub mod frame;
 pub mod logging;
+pub mod notify;
 pub mod protocol;
 pub mod secret;
 pub mod service;
@@ -30,5 +31,7 @@ pub fn run(config: config::Config) -> Result<(), session::RunError> {
     let stop = stop::Stop::new();
     stop::install(stop.clone())
         .map_err(|e| session::RunError::Setup(format!("cannot set up signal handling: {e}")))?;
-    session::run(config, stop)
+    let result = session::run(config, stop);
+    notify::notify_stopping();
+    result
 }

@@ -161,6 +161,13 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
                     conn.channel_id().unwrap_or("(none)"),
                     conn.subprotocol()
                 );
+                // systemd (Type=notify): ready once the tunnel is up; a
+                // repeated READY=1 after a reconnect is harmless.
+                crate::notify::notify_ready(&format!(
+                    "connected to {} ({})",
+                    cfg.endpoint.host,
+                    conn.subprotocol()
+                ));
                 let started = Instant::now();
                 match shared.serve(conn, &stop) {
                     End::Closed(why) => {
@@ -191,6 +198,7 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
             });
         }
         let delay = backoff(base, failures);
+        crate::notify::notify_status(&format!("reconnecting: {reason}"));
         log::warn!(
             "Tunnel connection failed or lost ({reason}); reconnect attempt {failures} in {delay:.1?}"
         );

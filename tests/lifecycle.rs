@@ -147,3 +147,36 @@ fn tokens_never_appear_in_output_at_trace_level() {
     // -t on the command line earns a warning.
     assert!(source.stderr.all().contains("other users"));
 }
+
+#[test]
+fn systemd_readiness_is_notified_once_the_tunnel_is_up() {
+    let _w = watchdog("sd_notify", Duration::from_secs(60));
+    let dir = std::env::temp_dir().join(format!("lp-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_read_timeout(Some(SECS_20)).expect("timeout");
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let notify_socket = path.to_str().expect("utf-8 path");
+    let mut dest = proxy_with_env(
+        &service,
+        &tunnel.destination_token,
+        &["-d", "SSH1=22"],
+        &[("NOTIFY_SOCKET", notify_socket)],
+        "dst",
+    );
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a notification arrives");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // READY=1 follows the handshake, whose success is logged first.
+    dest.stderr
+        .wait_for("Connected to the tunneling service", SECS_20);
+    service.client(&["close", "--tunnel-id", &tunnel.id]);
+    assert_eq!(dest.wait_exit(SECS_20), 0);
+    let n = sock.recv(&mut buf).expect("stopping notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

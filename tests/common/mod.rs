@@ -284,6 +284,17 @@ impl Service {
 
 /// A `localproxy` child pointed at the local service.
 pub fn proxy(service: &Service, token: &str, args: &[&str], tag: &str) -> Proc {
+    proxy_with_env(service, token, args, &[], tag)
+}
+
+/// [`proxy`] with extra environment variables.
+pub fn proxy_with_env(
+    service: &Service,
+    token: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    tag: &str,
+) -> Proc {
     let mut cmd = Command::new(localproxy_bin());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -295,6 +306,9 @@ pub fn proxy(service: &Service, token: &str, args: &[&str], tag: &str) -> Proc {
             fast_settings().to_str().expect("utf-8 path"),
         ])
         .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     Proc::spawn(cmd, tag)
 }
 

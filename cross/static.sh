@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# cross/static.sh: the exception, a fully static localproxy (musl libc, OpenSSL
+# built from source by openssl-src through the `static` feature), for devices
+# that cannot rely on a system OpenSSL. Prefer the dynamic build: with a static
+# OpenSSL, every OpenSSL security fix needs a rebuild and a new release.
+#
+#   cross/static.sh [MUSL_TARGET]   default x86_64-unknown-linux-musl
+#
+# x86_64 uses Debian's musl-tools (musl-gcc). For armv7-unknown-linux-musleabihf
+# or aarch64-unknown-linux-musl, Debian has no musl cross compiler: point
+# CC_<target> (e.g. CC_aarch64_unknown_linux_musl) and
+# CARGO_TARGET_<TARGET>_LINKER at one (a Yocto/Buildroot musl SDK, musl-cross-make).
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+
+target=${1:-x86_64-unknown-linux-musl}
+under=${target//-/_}
+prefix=$(env_prefix "$target")
+
+if [ "$target" = x86_64-unknown-linux-musl ]; then
+    if ! command -v musl-gcc >/dev/null; then
+        SUDO=""
+        [ "$(id -u)" = 0 ] || SUDO=sudo
+        $SUDO apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends musl-tools
+    fi
+    export "CC_${under}=${CC_x86_64_unknown_linux_musl:-musl-gcc}"
+    # OpenSSL's build includes <linux/...> headers, which musl-gcc's include
+    # path lacks; let it fall back to the host's kernel headers.
+    export "CFLAGS_${under}=-idirafter /usr/include -idirafter /usr/include/x86_64-linux-gnu"
+else
+    cc_var="CC_${under}"
+    [ -n "${!cc_var:-}" ] || {
+        echo "static.sh: set $cc_var (and CARGO_TARGET_${prefix}_LINKER) to a musl cross compiler for $target" >&2
+        exit 1
+    }
+fi
+rustup target list --installed | grep -qx "$target" || rustup target add "$target"
+
+cd "$ROOT_DIR"
+"$CARGO" build --release --locked --target "$target" --features static --bin localproxy
+bin="target/$target/release/localproxy"
+if readelf -d "$bin" 2>/dev/null | grep -q NEEDED; then
+    echo "static.sh: $bin still has dynamic dependencies:" >&2
+    readelf -d "$bin" | grep NEEDED >&2
+    exit 1
+fi
+echo "static.sh: $bin ($(stat -c %s "$bin") bytes), static: $(file -b "$bin" | cut -d, -f1-5)"
