@@ -102,8 +102,8 @@ fn service_restarted_ten_times_every_cycle_recovers_without_leaks() {
     // one it generates: both must be accepted again after every restart.
     let mut p = pair(
         service,
-        &["-i", "restart-test-client-token-0123456789ab", "-v", "6"],
-        &["-v", "6"],
+        &["-i", "restart-test-client-token-0123456789ab"],
+        &[],
     );
     echo_eventually(p.port, 0, 4096, SECS_20);
     let base_dst = fds_and_threads(p.dest.pid());
@@ -122,8 +122,6 @@ fn service_restarted_ten_times_every_cycle_recovers_without_leaks() {
             state_s,
             "--cert-dir",
             certs_s,
-            "-v",
-            "5",
         ]);
         p.source.stderr.wait_for_nth(CONNECTED, n_src + 1, SECS_20);
         p.dest.stderr.wait_for_nth(CONNECTED, n_dst + 1, SECS_20);
@@ -311,8 +309,11 @@ fn connect_retry_count_2_gives_up_with_exit_4_after_3_attempts() {
 /// Records each request's target and credentials header.
 struct WebProxyServer {
     port: u16,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Seen,
 }
+
+/// CONNECT targets and Proxy-Authorization headers a web proxy saw.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 fn web_proxy(auth: Option<&str>, always_407: bool) -> WebProxyServer {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -330,12 +331,7 @@ fn web_proxy(auth: Option<&str>, always_407: bool) -> WebProxyServer {
     WebProxyServer { port, seen }
 }
 
-fn serve_connect(
-    mut c: TcpStream,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
-    expected: Option<String>,
-    always_407: bool,
-) {
+fn serve_connect(mut c: TcpStream, seen: Seen, expected: Option<String>, always_407: bool) {
     c.set_read_timeout(Some(Duration::from_secs(10))).ok();
     let mut r = BufReader::new(c.try_clone().expect("clone"));
     let mut first = String::new();
@@ -572,4 +568,32 @@ fn protocol_error_with_reconnect_on_data_error_false_exits_5() {
     let err = final_output(&dest);
     assert!(err.contains("reconnect_on_data_error"), "{err}");
     assert_eq!(err.matches(CONNECTED).count(), 1, "no reconnect:\n{err}");
+}
+
+#[test]
+fn a_stream_started_before_the_destination_joins_is_reset_and_data_then_flows() {
+    let _w = watchdog("early_stream", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    let port = listening_port(&source, "SSH1");
+    // No destination yet: the service resets the stream at once.
+    let mut early = connect(port);
+    early.write_all(b"anyone there?").expect("write");
+    let mut b = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut early, &mut b).unwrap_or(0), 0);
+    source
+        .stderr
+        .wait_for("Stream 1 reset by the peer", SECS_20);
+    // Once the destination is there, data flows both ways (the service's
+    // reset must not upset its backpressure accounting).
+    let echo = echo_server();
+    let dest = proxy(
+        &service,
+        &tunnel.destination_token,
+        &["-d", &format!("SSH1={echo}")],
+        "dst",
+    );
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    echo_eventually(port, 5, 1 << 20, SECS_20);
 }
