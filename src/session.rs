@@ -49,7 +49,8 @@ const TUNNEL_THREAD_STACK: usize = 256 * 1024;
 /// Why the proxy stopped, with its exit status.
 #[derive(Debug)]
 pub enum RunError {
-    /// The service refused the handshake (4xx): retrying cannot help.
+    /// The service refused the handshake (4xx), its certificate did not
+    /// verify, or the connection cannot be set up: retrying cannot help.
     Refused(ConnectError),
     /// Another proxy connected with the same token.
     Replaced,
