@@ -326,10 +326,17 @@ fn session_reset_mid_transfer_closes_connections_and_serving_resumes() {
     let mut f = Fixture::new("session-reset");
     let s = connect(f.port);
     let mut w = s.try_clone().expect("clone");
-    // Keep writing until the connection breaks.
+    // Keep writing until the connection breaks (it must: the proxy closes
+    // a reset connection both ways, so writes end with a reset).
     let writer = thread::spawn(move || {
         let chunk = random_bytes(5, 16 * 1024);
-        while w.write_all(&chunk).is_ok() {}
+        let start = Instant::now();
+        while w.write_all(&chunk).is_ok() {
+            if start.elapsed() > SECS_20 {
+                return false;
+            }
+        }
+        true
     });
     let echoed = Arc::new(AtomicUsize::new(0));
     let e2 = echoed.clone();
@@ -366,7 +373,10 @@ fn session_reset_mid_transfer_closes_connections_and_serving_resumes() {
         ended.is_ok(),
         "the connection was closed, not hung: {ended:?}"
     );
-    writer.join().expect("writer");
+    assert!(
+        writer.join().expect("writer"),
+        "the proxy still reads a connection the session reset closed"
+    );
     f.source
         .stderr
         .wait_for("Session reset by the service", SECS_20);

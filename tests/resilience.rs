@@ -36,10 +36,20 @@ fn final_output(p: &Proc) -> String {
     p.stderr.all()
 }
 
-/// Calls a LocalTest operation on the service.
+/// Calls a LocalTest operation on the service. A proxy logs "Connected"
+/// on the 101, a moment before the service registers it: retry while the
+/// service says the side is not connected yet.
 fn local_test(service: &Service, op: &str, body: serde_json::Value) {
-    let (status, _, v) = raw::raw_call(&service.api_addr, op, &body.to_string());
-    assert_eq!(status, 200, "{op}: {v}");
+    let deadline = std::time::Instant::now() + SECS_20;
+    loop {
+        let (status, _, v) = raw::raw_call(&service.api_addr, op, &body.to_string());
+        let waiting = status == 400 && v.to_string().contains("connected to tunnel");
+        if !waiting || std::time::Instant::now() >= deadline {
+            assert_eq!(status, 200, "{op}: {v}");
+            return;
+        }
+        thread::sleep(Duration::from_millis(20)); // polling interval
+    }
 }
 
 /// Waits until `pid`'s descriptors and threads are back within
