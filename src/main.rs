@@ -7,7 +7,8 @@
 //!   "Try 'localproxy --help' for more information."), a mapping that does
 //!   not match the tunnel's services, or a local port that cannot be bound.
 //! - 2: the service refused the handshake (4xx: token spent, rotated or
-//!   wrong, wrong mode or region): retrying cannot help.
+//!   wrong, wrong mode or region), or its TLS certificate did not verify
+//!   (see `-c`): retrying cannot help.
 //! - 3: another proxy connected with the same token and replaced this one.
 //! - 4: could not connect within `connect_retry_count` attempts.
 //! - 5: protocol error with `reconnect_on_data_error` false.

@@ -12,6 +12,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,7 +38,8 @@ const LOCAL_QUEUE: usize = 32;
 /// full before resetting that connection. While it waits, the tunnel (and
 /// so every connection) pauses: the bound on that pause.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(1);
-/// A connection that stayed up this long resets the reconnect backoff.
+/// A connection that stayed up this long resets the reconnect backoff (so
+/// does one that got as far as the service's SERVICE_IDS: see [`run`]).
 const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 /// Upper bound of the reconnect backoff.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -47,7 +49,8 @@ const TUNNEL_THREAD_STACK: usize = 256 * 1024;
 /// Why the proxy stopped, with its exit status.
 #[derive(Debug)]
 pub enum RunError {
-    /// The service refused the handshake (4xx): retrying cannot help.
+    /// The service refused the handshake (4xx), its certificate did not
+    /// verify, or the connection cannot be set up: retrying cannot help.
     Refused(ConnectError),
     /// Another proxy connected with the same token.
     Replaced,
@@ -181,7 +184,15 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
                         return Err(RunError::Protocol(e))
                     }
                     End::Protocol(e) | End::Lost(e) => {
-                        if started.elapsed() >= HEALTHY_PERIOD {
+                        // A tunnel that was usable (handshake accepted and
+                        // the services known) or stayed up a while counts
+                        // as a recovery: the backoff and the
+                        // connect_retry_count budget start over, so a
+                        // service restarted again and again is rejoined at
+                        // retry_delay_ms each time. A service that accepts
+                        // and drops at once is still retried no faster than
+                        // retry_delay_ms.
+                        if shared.was_usable() || started.elapsed() >= HEALTHY_PERIOD {
                             failures = 0;
                         }
                         e
@@ -281,6 +292,8 @@ struct State {
 struct Shared {
     config: Config,
     state: Mutex<State>,
+    /// The current tunnel connection got as far as knowing its services.
+    usable: AtomicBool,
 }
 
 impl Shared {
@@ -301,7 +314,13 @@ impl Shared {
                 advertised: None,
                 listening: false,
             }),
+            usable: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the last tunnel connection became usable (see `usable`).
+    fn was_usable(&self) -> bool {
+        self.usable.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -312,6 +331,7 @@ impl Shared {
 
     /// Serves one tunnel connection until it ends.
     fn serve(self: &Arc<Self>, conn: transport::Connection, stop: &Arc<Stop>) -> End {
+        self.usable.store(false, Ordering::SeqCst);
         let v1_only = conn.subprotocol() == protocol::SUBPROTOCOL_V1;
         let (mut reader, writer) = conn.split();
         let shutdown = writer.shutdown_handle();
@@ -372,6 +392,12 @@ impl Shared {
                     log::debug!("reader ended while stopping: {e}");
                     break End::Stopped;
                 }
+                // What the service sent breaks the protocol (PROTOCOL.md 2):
+                // a data error, subject to reconnect_on_data_error.
+                Err(
+                    e @ (transport::TransportError::TextFrame { .. }
+                    | transport::TransportError::FrameTooLarge { .. }),
+                ) => break End::Protocol(e.to_string()),
                 Err(e) => break End::Lost(e.to_string()),
             }
         };
@@ -877,6 +903,7 @@ impl Shared {
                     .map_err(|e| RunError::Setup(format!("cannot start a listener thread: {e}")))?;
             }
         }
+        self.usable.store(true, Ordering::SeqCst);
         Ok(())
     }
 

@@ -12,7 +12,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -201,18 +201,29 @@ pub fn spawn_pipe(
     stream.prepare()?;
     let writer = stream.try_clone()?;
     let wstats = stats.clone();
+    let closed = Arc::new(AtomicBool::new(false));
+    let wclosed = closed.clone();
     thread::Builder::new()
         .name("local-write".into())
         .stack_size(CONNECTION_THREAD_STACK)
-        .spawn(move || write_half(writer, from_tunnel, wstats))?;
+        .spawn(move || write_half(writer, from_tunnel, wstats, &wclosed))?;
     thread::Builder::new()
         .name("local-read".into())
         .stack_size(CONNECTION_THREAD_STACK)
-        .spawn(move || read_loop(stream, read_half, stats))?;
+        .spawn(move || read_loop(stream, read_half, stats, &closed))?;
     Ok(())
 }
 
-fn write_half(mut sock: LocalStream, rx: Receiver<Vec<u8>>, stats: Arc<ConnStats>) {
+/// `closed` is set when the tunnel side is done with the connection, so
+/// that the read half stops too: on Linux a socket shut down for reading
+/// still returns bytes that arrive later, and a peer that keeps sending
+/// would keep the connection (and its DATA toward a dead stream) alive.
+fn write_half(
+    mut sock: LocalStream,
+    rx: Receiver<Vec<u8>>,
+    stats: Arc<ConnStats>,
+    closed: &AtomicBool,
+) {
     for chunk in rx.iter() {
         if let Err(e) = sock.write_all(&chunk) {
             log::debug!("{}: local write failed: {e}", stats.label);
@@ -224,16 +235,18 @@ fn write_half(mut sock: LocalStream, rx: Receiver<Vec<u8>>, stats: Arc<ConnStats
     }
     // The tunnel side is done with this connection (or the socket failed):
     // close both directions so the read half ends too.
+    closed.store(true, Ordering::SeqCst);
     sock.shutdown(Shutdown::Both);
 }
 
-fn read_loop(mut sock: LocalStream, half: ReadHalf, stats: Arc<ConnStats>) {
+fn read_loop(mut sock: LocalStream, half: ReadHalf, stats: Arc<ConnStats>, closed: &AtomicBool) {
     let full = half.read_size.max(1);
     let mut buf = vec![0u8; INITIAL_READ_BUFFER.min(full)];
     let ids = &half.ids;
     loop {
         let n = match sock.read(&mut buf) {
             Ok(0) => break,
+            Ok(_) if closed.load(Ordering::SeqCst) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {

@@ -177,6 +177,7 @@ Exit status:
   0  the tunnel was closed or expired; --help, --version, --export-default-settings
   1  usage or configuration error
   2  the service refused the connection (bad, spent or wrong-mode token; wrong region)
+     or its certificate did not verify (-c)
   3  replaced by another proxy connecting with the same token
   4  could not connect to the service, retries exhausted
   5  protocol error with reconnect_on_data_error=false

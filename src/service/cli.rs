@@ -52,7 +52,11 @@ SERVE OPTIONS:
   --listen ADDR            data plane address (default 127.0.0.1:0)
   --api-listen ADDR        control plane address (default 127.0.0.1:0)
   --cert FILE --key FILE   PEM certificate (chain) and key for the data plane
-  --cert-dir DIR           where the generated CA is written (default: a new temp dir)
+  --cert-dir DIR           where the generated CA (and its key) is written (default: a
+                           new temp dir); a certificate and key already there are reused
+  --state-file PATH        save the tunnels (tokens included: mode 0600) to PATH after
+                           every change and load them at start, so a restarted service
+                           keeps its tunnels
   --plain-ws               serve ws:// without TLS (debugging only)
   --ready-file PATH        also write the READY line to PATH
   --region R               region in tunnel ARNs (default us-east-1)
@@ -111,6 +115,8 @@ struct ServeOpts {
     cert_dir: Option<String>,
     #[options(no_short, help = "serve ws:// (debugging)")]
     plain_ws: bool,
+    #[options(no_short, help = "save and load the tunnels here")]
+    state_file: Option<String>,
     #[options(no_short, help = "write the READY line here too")]
     ready_file: Option<String>,
     #[options(no_short, help = "region in ARNs")]
@@ -405,6 +411,7 @@ fn serve(o: ServeOpts) -> i32 {
                 drop_repeat: o.drop_repeat,
                 bandwidth: o.bandwidth,
             },
+            state_file: o.state_file.as_ref().map(PathBuf::from),
         })
     })();
     let opts = match opts {

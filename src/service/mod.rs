@@ -16,6 +16,7 @@ pub mod faults;
 pub mod handshake;
 pub mod http;
 pub mod relay;
+pub mod state;
 pub mod tunnels;
 
 use std::io;
@@ -38,7 +39,9 @@ pub enum TlsSource {
     Files { cert: PathBuf, key: PathBuf },
     /// A self-signed certificate for localhost / 127.0.0.1, generated at
     /// start and written to this directory (a new temporary one when `None`)
-    /// for `localproxy -c DIR`.
+    /// for `localproxy -c DIR`. A given directory also keeps the key, and a
+    /// certificate and key found there are reused, so `-c DIR` stays valid
+    /// across restarts.
     Generated { ca_dir: Option<PathBuf> },
     /// Plain `ws://` (debugging only).
     None,
@@ -54,6 +57,8 @@ pub struct Options {
     pub lifetime_unit: Duration,
     pub region: String,
     pub faults: Faults,
+    /// Where the tunnels are saved after every change and loaded at start.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -66,6 +71,7 @@ impl Default for Options {
             lifetime_unit: Duration::from_secs(60),
             region: "us-east-1".into(),
             faults: Faults::default(),
+            state_file: None,
         }
     }
 }
@@ -104,17 +110,20 @@ impl Service {
                 (Some(Arc::new(b.build())), None)
             }
             TlsSource::Generated { ca_dir } => {
-                let id = crate::tls::self_signed(&["localhost", "127.0.0.1"])
-                    .map_err(io::Error::other)?;
-                let dir = match ca_dir {
-                    Some(d) => d.clone(),
-                    None => std::env::temp_dir().join(format!(
-                        "tunnel-service-{}-{}",
-                        std::process::id(),
-                        random_hex(4)
-                    )),
+                let (id, dir) = match ca_dir {
+                    Some(d) => (reuse_or_generate(d)?, d.clone()),
+                    None => {
+                        let id = crate::tls::self_signed(&["localhost", "127.0.0.1"])
+                            .map_err(io::Error::other)?;
+                        let dir = std::env::temp_dir().join(format!(
+                            "tunnel-service-{}-{}",
+                            std::process::id(),
+                            random_hex(4)
+                        ));
+                        crate::tls::write_ca_dir(&id.cert, &dir)?;
+                        (id, dir)
+                    }
                 };
-                crate::tls::write_ca_dir(&id.cert, &dir)?;
                 let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
                     .map_err(io::Error::other)?;
                 b.set_certificate(&id.cert).map_err(io::Error::other)?;
@@ -128,6 +137,10 @@ impl Service {
         let data_addr = data.local_addr()?;
         let api_addr = api.local_addr()?;
         let registry = Registry::new(opts.lifetime_unit, &opts.region, opts.faults.clone());
+        if let Some(path) = &opts.state_file {
+            let n = registry.use_state_file(path)?;
+            log::info!("state file {}: {n} tunnel(s) loaded", path.display());
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         {
@@ -213,6 +226,46 @@ impl Service {
             let _ = t.join();
         }
     }
+}
+
+/// Name of the private key kept beside the certificate in `--cert-dir`.
+const KEY_FILE: &str = "tunnel-service.key";
+/// Name of the certificate in the CA directory (see [`crate::tls::write_ca_dir`]).
+const CERT_FILE: &str = "tunnel-service.pem";
+
+/// The certificate and key already in `dir` (from an earlier run), or a new
+/// pair written there (the key readable by the owner only).
+fn reuse_or_generate(dir: &std::path::Path) -> io::Result<crate::tls::Identity> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    if cert_path.exists() && key_path.exists() {
+        let bad = |what: &std::path::Path, e: openssl::error::ErrorStack| {
+            io::Error::other(format!("{}: {e}", what.display()))
+        };
+        let cert = openssl::x509::X509::from_pem(&std::fs::read(&cert_path)?)
+            .map_err(|e| bad(&cert_path, e))?;
+        let key = openssl::pkey::PKey::private_key_from_pem(&std::fs::read(&key_path)?)
+            .map_err(|e| bad(&key_path, e))?;
+        log::info!("reusing the certificate and key in {}", dir.display());
+        // Recreate the hash link in case it was removed.
+        crate::tls::write_ca_dir(&cert, dir)?;
+        return Ok(crate::tls::Identity { cert, key });
+    }
+    let id = crate::tls::self_signed(&["localhost", "127.0.0.1"]).map_err(io::Error::other)?;
+    crate::tls::write_ca_dir(&id.cert, dir)?;
+    let pem = id
+        .key
+        .private_key_to_pem_pkcs8()
+        .map_err(io::Error::other)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key_path)?;
+    f.write_all(&pem)?;
+    Ok(id)
 }
 
 fn accept_loop<F>(listener: TcpListener, stop: Arc<AtomicBool>, spawn: F)

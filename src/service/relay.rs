@@ -330,10 +330,19 @@ impl Relay {
     fn run_loop(&mut self) -> End {
         let fd = self.ws.get_ref().tcp().as_raw_fd();
         loop {
-            let paused = self
-                .peer
-                .as_ref()
-                .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE);
+            let mut paused = self.peer_backlogged();
+            if paused {
+                // The cached peer may have been replaced or dropped with a
+                // backlog nobody will drain: look up the current one.
+                match self
+                    .registry
+                    .route(&self.tunnel_id, self.side, self.conn.id, Vec::new())
+                {
+                    Route::Peer(p) => self.peer = p,
+                    Route::Gone => self.peer = None,
+                }
+                paused = self.peer_backlogged();
+            }
             let mut more = false;
             if !paused {
                 match self.read_burst() {
@@ -390,6 +399,13 @@ impl Relay {
             // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         }
+    }
+
+    /// Whether the peer has more than PAUSE_ABOVE bytes waiting.
+    fn peer_backlogged(&self) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE)
     }
 
     /// Reads up to READ_BURST messages; `Ok(true)` when more may be waiting.
@@ -497,6 +513,10 @@ impl Relay {
                     }
                 }
                 if !out.is_empty() {
+                    // Counted like bytes queued by the peer: next_message
+                    // subtracts every byte it sends, and an uncounted item
+                    // would wrap the counter and pause the peer for good.
+                    self.conn.queued.fetch_add(out.len(), Ordering::AcqRel);
                     self.outq.push_back(Item::Bytes(out, 0));
                 }
             }

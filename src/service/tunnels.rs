@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
@@ -17,6 +18,7 @@ use crate::secret::Secret;
 
 use super::faults::Faults;
 use super::random_token;
+use super::state;
 
 /// Close reason sent when the tunnel is closed through the API.
 pub const CLOSE_REASON_TUNNEL_CLOSED: &str = "tunnel closed";
@@ -294,6 +296,78 @@ impl Tunnel {
         })
     }
 
+    /// The persistent part of the tunnel (no connections, no streams).
+    fn to_state(&self) -> Value {
+        let remaining = self
+            .expires_at
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        let sides: Vec<Value> = self
+            .sides
+            .iter()
+            .map(|s| {
+                json!({
+                    "token": s.token.expose(),
+                    "spent": s.spent,
+                    "clientToken": s.client_token.as_ref().map(|c| c.expose()),
+                    "droppedOnce": s.dropped_once,
+                })
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "arn": self.arn,
+            "description": self.description,
+            "tags": self.tags,
+            "thingName": self.thing_name,
+            "services": *self.services,
+            "lifetimeMinutes": self.lifetime_minutes,
+            "createdAt": self.created_at,
+            "lastUpdatedAt": self.last_updated_at,
+            "open": self.open,
+            "expiresAtEpoch": now_epoch() + remaining,
+            "sides": sides,
+        })
+    }
+
+    /// The inverse of [`Tunnel::to_state`]; `None` when a field is missing.
+    fn from_state(v: &Value) -> Option<Tunnel> {
+        let now = now_epoch();
+        let side = |s: &Value| -> Option<SideState> {
+            Some(SideState {
+                token: Secret::new(s["token"].as_str()?),
+                spent: s["spent"].as_bool()?,
+                client_token: s["clientToken"].as_str().map(Secret::new),
+                conn: None,
+                state_updated_at: now,
+                dropped_once: s["droppedOnce"].as_bool().unwrap_or(false),
+            })
+        };
+        let sides = v["sides"].as_array()?;
+        let left = (v["expiresAtEpoch"].as_f64()? - now).max(0.0);
+        Some(Tunnel {
+            id: v["id"].as_str()?.to_string(),
+            arn: v["arn"].as_str()?.to_string(),
+            description: v["description"].as_str().map(str::to_string),
+            tags: v["tags"].as_array().cloned().unwrap_or_default(),
+            thing_name: v["thingName"].as_str().map(str::to_string),
+            services: Arc::new(
+                v["services"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            lifetime_minutes: v["lifetimeMinutes"].as_u64()?,
+            created_at: v["createdAt"].as_f64()?,
+            last_updated_at: v["lastUpdatedAt"].as_f64()?,
+            open: v["open"].as_bool()?,
+            expires_at: Instant::now() + Duration::from_secs_f64(left.min(1e9)),
+            sides: [side(sides.first()?)?, side(sides.get(1)?)?],
+            streams: Vec::new(),
+        })
+    }
+
     /// Sends STREAM_RESET for every tracked stream to `to` and forgets them.
     fn reset_streams_toward(&mut self, to: Side) {
         let streams = std::mem::take(&mut self.streams);
@@ -419,6 +493,8 @@ pub struct Registry {
     account: String,
     next_conn: AtomicU64,
     pub faults: Faults,
+    /// `--state-file`: where every change is saved.
+    state_file: OnceLock<PathBuf>,
 }
 
 /// Seconds since the epoch, as the API's timestamps.
@@ -444,7 +520,59 @@ impl Registry {
             account: "123456789012".to_string(),
             next_conn: AtomicU64::new(1),
             faults,
+            state_file: OnceLock::new(),
         })
+    }
+
+    /// Loads the tunnels saved in `path` (if it exists) and saves every
+    /// later change there. Returns how many tunnels were loaded.
+    pub fn use_state_file(&self, path: &Path) -> std::io::Result<usize> {
+        let loaded = state::load(path)?;
+        let mut g = self.lock();
+        let mut n = 0;
+        if let Some(v) = loaded {
+            for tv in v["tunnels"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let Some(t) = Tunnel::from_state(tv) else {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "state file {}: a tunnel entry lacks a field",
+                            path.display()
+                        ),
+                    ));
+                };
+                for (i, side) in [Side::Source, Side::Destination].into_iter().enumerate() {
+                    g.tokens
+                        .insert(t.sides[i].token.expose().to_string(), (t.id.clone(), side));
+                }
+                g.order.push(t.id.clone());
+                g.tunnels.insert(t.id.clone(), t);
+                n += 1;
+            }
+        }
+        let _ = self.state_file.set(path.to_path_buf());
+        self.persist(&g);
+        drop(g);
+        self.expiry.notify_all();
+        Ok(n)
+    }
+
+    /// Saves the tunnels to the state file, if one is in use. Called with
+    /// the lock held, after each change, so saves are in change order.
+    fn persist(&self, g: &Inner) {
+        let Some(path) = self.state_file.get() else {
+            return;
+        };
+        let tunnels: Vec<Value> = g
+            .order
+            .iter()
+            .filter_map(|id| g.tunnels.get(id))
+            .map(Tunnel::to_state)
+            .collect();
+        let v = json!({ "version": state::FORMAT_VERSION, "tunnels": tunnels });
+        if let Err(e) = state::save(path, &v) {
+            log::error!("cannot save the state file {}: {e}", path.display());
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -498,6 +626,7 @@ impl Registry {
         );
         g.order.push(id.clone());
         g.tunnels.insert(id.clone(), t);
+        self.persist(&g);
         drop(g);
         self.expiry.notify_all();
         log::info!("tunnel {id} opened");
@@ -524,6 +653,7 @@ impl Registry {
             g.order.retain(|x| x != id);
             log::info!("tunnel {id} deleted");
         }
+        self.persist(&g);
         Ok(())
     }
 
@@ -614,6 +744,7 @@ impl Registry {
             log::info!("tunnel {id}: {side} access token rotated");
         }
         t.last_updated_at = now;
+        self.persist(inner);
         Ok(r)
     }
 
@@ -664,11 +795,13 @@ impl Registry {
             (None, Some(given)) => s.client_token = Some(Secret::new(given)),
             (None, None) => s.spent = true,
         }
-        Ok(Admission {
+        let admission = Admission {
             tunnel_id: id,
             side,
             services: t.services.clone(),
-        })
+        };
+        self.persist(inner);
+        Ok(admission)
     }
 
     /// Makes `conn` the connection of `side`, replacing (closing) the
@@ -775,13 +908,18 @@ impl Registry {
             }
             let now = Instant::now();
             let mut next: Option<Instant> = None;
+            let mut expired = false;
             for t in g.tunnels.values_mut().filter(|t| t.open) {
                 if t.expires_at <= now {
                     t.close(CLOSE_REASON_TUNNEL_EXPIRED, now_epoch());
                     log::info!("tunnel {} expired", t.id);
+                    expired = true;
                 } else {
                     next = Some(next.map_or(t.expires_at, |n| n.min(t.expires_at)));
                 }
+            }
+            if expired {
+                self.persist(&g);
             }
             let wait = next.map_or(Duration::from_secs(3600), |n| n - now);
             g = self

@@ -79,20 +79,22 @@ pub enum ProxyFailure {
 
 impl ConnectError {
     /// Whether a later attempt may succeed: network trouble, timeouts, 5xx
-    /// answers and proxy failures are; a refused request (4xx), a rejected
-    /// certificate, a protocol mismatch or a local setup problem are not.
+    /// answers, proxy failures and a malformed upgrade answer (a middlebox,
+    /// a service mid-restart: PROTOCOL.md makes only a 4xx final) are; a
+    /// refused request (4xx), a rejected certificate or a local setup
+    /// problem are not.
     pub fn is_retryable(&self) -> bool {
         match self {
             ConnectError::Resolve { .. }
             | ConnectError::Network { .. }
             | ConnectError::Timeout { .. }
             | ConnectError::ServerError { .. }
-            | ConnectError::Proxy { .. } => true,
+            | ConnectError::Proxy { .. }
+            | ConnectError::Protocol { .. } => true,
             ConnectError::Tls { verify, .. } => verify.is_none(),
             ConnectError::TlsSetup { .. }
             | ConnectError::InvalidRequest { .. }
-            | ConnectError::Refused { .. }
-            | ConnectError::Protocol { .. } => false,
+            | ConnectError::Refused { .. } => false,
         }
     }
 

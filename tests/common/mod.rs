@@ -312,6 +312,91 @@ pub fn proxy_with_env(
     Proc::spawn(cmd, tag)
 }
 
+/// A `localproxy` child for `127.0.0.1:port` with a settings file of its
+/// own, `-c ca_dir` only when given, and extra environment variables (the
+/// rest of the environment is cleared, as in [`proxy`]).
+pub fn proxy_with(
+    port: u16,
+    ca_dir: Option<&std::path::Path>,
+    token: &str,
+    args: &[&str],
+    tag: &str,
+    env: &[(&str, &str)],
+    settings: &std::path::Path,
+) -> Proc {
+    let mut cmd = Command::new(localproxy_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWSIOT_TUNNEL_ACCESS_TOKEN", token)
+        .envs(env.iter().copied())
+        .args(["-e", &format!("127.0.0.1:{port}")])
+        .args(["--settings-json", settings.to_str().expect("utf-8 path")]);
+    if let Some(d) = ca_dir {
+        cmd.args(["-c", d.to_str().expect("utf-8 path")]);
+    }
+    cmd.args(args);
+    Proc::spawn(cmd, tag)
+}
+
+/// A settings file `name` in the temp dir holding `json` (written once per
+/// test process).
+pub fn settings_file(name: &str, json: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "localproxy-test-{name}-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&path, json).expect("write settings");
+    path
+}
+
+/// A fresh, empty directory under the temp dir for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("localproxy-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Entries of /proc/PID/fd and /proc/PID/task: open descriptors, threads.
+pub fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    (count("fd"), count("task"))
+}
+
+/// Sends `len` bytes through a new connection to `port` and checks the echo;
+/// retries (until `limit`) while the tunnel is not yet usable end to end,
+/// which shows as the connection closing early. Returns the attempts made.
+pub fn echo_eventually(port: u16, seed: u64, len: usize, limit: Duration) -> usize {
+    let data = Arc::new(random_bytes(seed, len));
+    let deadline = Instant::now() + limit;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let s = connect(port);
+        // A path that silently lost the stream shows within seconds.
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let d = data.clone();
+        let got = thread::spawn(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| echo_through(s, d)))
+        })
+        .join()
+        .expect("echo thread");
+        match got {
+            Ok(got) => {
+                assert!(got == *data, "echo through port {port} corrupted");
+                return attempts;
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(_) => panic!("no echo through port {port} within {limit:?} ({attempts} attempts)"),
+        }
+    }
+}
+
 /// Settings that keep retry delays short in tests.
 pub fn fast_settings() -> PathBuf {
     let path = std::env::temp_dir().join(format!(

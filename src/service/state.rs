@@ -1,0 +1,80 @@
+//! Persistence of the service's tunnels (`serve --state-file PATH`): a JSON
+//! snapshot written after every change and read at start, so that a
+//! restarted service still knows its tunnels, tokens and bound client tokens.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Version of the snapshot's shape, checked on load.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// Writes `snapshot` to `path` atomically (a temporary file renamed over
+/// it), readable by the owner only: the file holds access tokens.
+pub fn save(path: &Path, snapshot: &Value) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let text = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
+    {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Reads a snapshot; `Ok(None)` when the file does not exist yet.
+pub fn load(path: &Path) -> io::Result<Option<Value>> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let v: Value = serde_json::from_slice(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("state file {}: not JSON: {e}", path.display()),
+        )
+    })?;
+    match v["version"].as_u64() {
+        Some(FORMAT_VERSION) => Ok(Some(v)),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "state file {}: version {other:?}, expected {FORMAT_VERSION}",
+                path.display()
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing_file() {
+        let dir = std::env::temp_dir().join(format!("lp-state-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("state.json");
+        assert!(load(&path).expect("missing is fine").is_none());
+        let v = serde_json::json!({"version": FORMAT_VERSION, "tunnels": []});
+        save(&path, &v).expect("saved");
+        assert_eq!(load(&path).expect("loads"), Some(v));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "owner only");
+        fs::write(&path, b"{\"version\": 99}").expect("write");
+        assert!(load(&path).is_err());
+        fs::remove_dir_all(&dir).expect("cleaned");
+    }
+}
