@@ -18,7 +18,7 @@ fn refused_token_exits_2_with_the_status_and_reason() {
     let bogus = "AQGAAXhQ-not-a-real-token-0123456789";
     let mut p = proxy(&service, bogus, &["-d", "SSH1=22", "-v", "6"], "dst");
     let code = p.wait_exit(SECS_20);
-    let err = p.stderr.all();
+    let err = p.final_stderr();
     assert_eq!(code, 2, "a refused handshake exits 2:\n{err}");
     assert!(
         err.contains("403") || err.contains("401"),
@@ -68,8 +68,9 @@ fn a_second_proxy_with_the_same_token_replaces_the_first_which_exits_3() {
         .stderr
         .wait_for("Connected to the tunneling service", SECS_20);
     let code = first.wait_exit(SECS_20);
-    assert_eq!(code, 3, "{}", first.stderr.all());
-    assert!(first.stderr.all().contains("replaced"));
+    let err = first.final_stderr();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("replaced"));
 }
 
 #[test]

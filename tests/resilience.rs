@@ -29,13 +29,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// All stderr of an exited proxy, once its final message (printed last,
-/// `localproxy: ...`) has been read from the pipe.
-fn final_output(p: &Proc) -> String {
-    p.stderr.wait_for("localproxy: ", SECS_20);
-    p.stderr.all()
-}
-
 /// Calls a LocalTest operation on the service. A proxy logs "Connected"
 /// on the 101, a moment before the service registers it: retry while the
 /// service says the side is not connected yet.
@@ -259,7 +252,7 @@ fn rotated_token_closes_the_old_proxy_which_exits_2_and_the_new_token_works() {
         .trim()
         .to_string();
     let code = p.dest.wait_exit(SECS_20);
-    let err = final_output(&p.dest);
+    let err = p.dest.final_stderr();
     assert_eq!(code, 2, "old token refused on reconnect:\n{err}");
     assert!(
         err.contains("access token rotated"),
@@ -303,7 +296,7 @@ fn connect_retry_count_2_gives_up_with_exit_4_after_3_attempts() {
         &settings,
     );
     assert_eq!(p.wait_exit(SECS_20), 4, "{}", p.stderr.all());
-    let err = final_output(&p);
+    let err = p.final_stderr();
     assert_eq!(err.matches("Connecting to").count(), 3, "{err}");
     for n in 1..=2 {
         let line = p
@@ -462,7 +455,7 @@ fn web_proxy_407_is_a_clear_error_without_credentials_and_is_retried() {
         &settings,
     );
     assert_eq!(dest.wait_exit(SECS_20), 4, "{}", dest.stderr.all());
-    let err = final_output(&dest);
+    let err = dest.final_stderr();
     assert_eq!(refusing.seen.lock().expect("seen").len(), 2, "retried once");
     let proxy_name = format!("http://127.0.0.1:{}", refusing.port);
     assert!(err.contains(&proxy_name) && err.contains("407"), "{err}");
@@ -517,7 +510,7 @@ fn assert_certificate_refused(service: &Service, token: &str, ca: Option<&Path>)
         &fast_settings(),
     );
     let code = p.wait_exit(SECS_20);
-    let err = final_output(&p);
+    let err = p.final_stderr();
     assert_eq!(code, 2, "a rejected certificate is final:\n{err}");
     assert_eq!(
         err.matches("Connecting to").count(),
@@ -575,7 +568,7 @@ fn protocol_error_with_reconnect_on_data_error_false_exits_5() {
         serde_json::json!({"tunnelId": tunnel.id, "side": "destination", "hexBytes": hex(&bytes)}),
     );
     assert_eq!(dest.wait_exit(SECS_20), 5, "{}", dest.stderr.all());
-    let err = final_output(&dest);
+    let err = dest.final_stderr();
     assert!(err.contains("reconnect_on_data_error"), "{err}");
     assert_eq!(err.matches(CONNECTED).count(), 1, "no reconnect:\n{err}");
 }

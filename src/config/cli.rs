@@ -20,10 +20,12 @@ pub struct CliArgs {
     pub proxy_endpoint: Option<String>,
     #[options(short = "r", meta = "REGION", help = "AWS region of the tunnel")]
     pub region: Option<String>,
+    /// Repeatable: `-s SSH1=5555 -s WEB=8080` is `-s SSH1=5555,WEB=8080`.
     #[options(short = "s", meta = "MAPPING", help = "source mode: listen ports")]
-    pub source_listen_port: Option<String>,
+    pub source_listen_port: Vec<String>,
+    /// Repeatable, like `-s`.
     #[options(short = "d", meta = "MAPPING", help = "destination mode: services")]
-    pub destination_app: Option<String>,
+    pub destination_app: Vec<String>,
     #[options(short = "b", meta = "ADDRESS", help = "local bind address")]
     pub local_bind_address: Option<String>,
     #[options(short = "c", meta = "DIR", help = "extra CA directory")]
@@ -56,8 +58,6 @@ impl CliArgs {
             (Opt::ClientToken, &self.client_token),
             (Opt::ProxyEndpoint, &self.proxy_endpoint),
             (Opt::Region, &self.region),
-            (Opt::SourceListenPort, &self.source_listen_port),
-            (Opt::DestinationApp, &self.destination_app),
             (Opt::LocalBindAddress, &self.local_bind_address),
             (Opt::Capath, &self.capath),
             (Opt::SettingsJson, &self.settings_json),
@@ -70,6 +70,16 @@ impl CliArgs {
             .into_iter()
             .filter_map(|(opt, v)| v.clone().map(|v| (opt, v)))
             .collect();
+        // Repeated mappings add up; a service id given twice is still
+        // refused later as a duplicate.
+        for (opt, list) in [
+            (Opt::SourceListenPort, &self.source_listen_port),
+            (Opt::DestinationApp, &self.destination_app),
+        ] {
+            if !list.is_empty() {
+                out.push((opt, list.join(",")));
+            }
+        }
         if self.no_ssl_host_verify {
             out.push((Opt::NoSslHostVerify, "true".to_string()));
         }

@@ -809,6 +809,15 @@ mod tests {
     }
 
     #[test]
+    fn repeated_mappings_add_up_and_duplicates_are_refused() {
+        let (c, _) = run(&["-d", "SSH1=22", "-d", "WEB=localhost:80"], &ENV);
+        let ids: Vec<_> = c.services.iter().map(|s| s.id.clone()).collect();
+        assert_eq!(ids, vec![Some("SSH1".to_string()), Some("WEB".to_string())]);
+        let e = fail(&["-s", "SSH1=5555", "-s", "SSH1=6666"], &ENV);
+        assert!(e.to_string().contains("SSH1"), "{e}");
+    }
+
+    #[test]
     fn mapping_errors() {
         let e = fail(&["-s", "0"], &ENV);
         assert!(e.to_string().contains("-s/--source-listen-port"), "{e}");

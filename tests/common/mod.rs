@@ -185,6 +185,14 @@ impl Proc {
         }
     }
 
+    /// Everything the process wrote to stderr, once its final message
+    /// (`localproxy: ...`, printed just before a failing exit) has been read.
+    pub fn final_stderr(&self) -> String {
+        self.stderr
+            .wait_for("localproxy: ", Duration::from_secs(20));
+        self.stderr.all()
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe {
