@@ -235,6 +235,23 @@ pub fn encode_frame(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), FrameErr
         })
 }
 
+/// Detaches a decoded message from the buffer it borrows from.
+pub fn into_owned(m: Message<'_>) -> Message<'static> {
+    Message {
+        type_pb: m.type_pb,
+        streamId: m.streamId,
+        ignorable: m.ignorable,
+        payload: Cow::Owned(m.payload.into_owned()),
+        serviceId: Cow::Owned(m.serviceId.into_owned()),
+        availableServiceIds: m
+            .availableServiceIds
+            .into_iter()
+            .map(|s| Cow::Owned(s.into_owned()))
+            .collect(),
+        connectionId: m.connectionId,
+    }
+}
+
 /// Builds a message of `kind` with the ids given (0 / empty means absent).
 pub fn message<'a>(
     kind: MessageType,
@@ -268,19 +285,7 @@ mod tests {
 
     fn owned(d: Decoded<'_>) -> Message<'static> {
         match d {
-            Decoded::Message(m) => Message {
-                type_pb: m.type_pb,
-                streamId: m.streamId,
-                ignorable: m.ignorable,
-                payload: Cow::Owned(m.payload.into_owned()),
-                serviceId: Cow::Owned(m.serviceId.into_owned()),
-                availableServiceIds: m
-                    .availableServiceIds
-                    .into_iter()
-                    .map(|s| Cow::Owned(s.into_owned()))
-                    .collect(),
-                connectionId: m.connectionId,
-            },
+            Decoded::Message(m) => into_owned(m),
             Decoded::Ignored { raw_type } => panic!("unexpected ignored type {raw_type}"),
         }
     }

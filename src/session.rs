@@ -260,15 +260,30 @@ struct Link {
     control: Sender<Control>,
 }
 
+/// Where a connection's socket lands once connected (shared with its handle).
+type SockSlot = Arc<Mutex<Option<LocalStream>>>;
+
 /// One local connection as the tunnel side sees it.
 struct LocalConn {
     /// Payloads toward the local application; dropping it closes the connection.
     tx: Sender<Vec<u8>>,
     /// Set once connected, to force a stalled connection closed.
-    sock: Arc<Mutex<Option<LocalStream>>>,
+    sock: SockSlot,
 }
 
 impl LocalConn {
+    /// A destination connection still connecting: its queue (data may
+    /// arrive before the connect completes) and the slot for its socket.
+    fn pending() -> (LocalConn, Receiver<Vec<u8>>, SockSlot) {
+        let (tx, rx) = bounded(LOCAL_QUEUE);
+        let sock = Arc::new(Mutex::new(None));
+        let conn = LocalConn {
+            tx,
+            sock: sock.clone(),
+        };
+        (conn, rx, sock)
+    }
+
     fn force_close(&self) {
         if let Ok(s) = self.sock.lock() {
             if let Some(s) = s.as_ref() {
@@ -590,12 +605,7 @@ impl Shared {
             log::warn!("Ignoring STREAM_START with stream id 0");
             return;
         }
-        let (tx, rx) = bounded(LOCAL_QUEUE);
-        let conn = LocalConn {
-            tx,
-            sock: Arc::new(Mutex::new(None)),
-        };
-        let sock = conn.sock.clone();
+        let (conn, rx, sock) = LocalConn::pending();
         let started = {
             let mut st = self.lock();
             let State { table, targets, .. } = &mut *st;
@@ -638,12 +648,7 @@ impl Shared {
             );
             return;
         }
-        let (tx, rx) = bounded(LOCAL_QUEUE);
-        let conn = LocalConn {
-            tx,
-            sock: Arc::new(Mutex::new(None)),
-        };
-        let sock = conn.sock.clone();
+        let (conn, rx, sock) = LocalConn::pending();
         let outcome = {
             let mut st = self.lock();
             let State { table, targets, .. } = &mut *st;
@@ -692,7 +697,7 @@ impl Shared {
         addr: DestinationAddr,
         label: String,
         rx: Receiver<Vec<u8>>,
-        sock: Arc<Mutex<Option<LocalStream>>>,
+        sock: SockSlot,
         failure: MessageType,
     ) {
         let me = self.clone();
@@ -713,7 +718,7 @@ impl Shared {
         addr: DestinationAddr,
         label: String,
         rx: Receiver<Vec<u8>>,
-        sock: Arc<Mutex<Option<LocalStream>>>,
+        sock: SockSlot,
         failure: MessageType,
     ) {
         let s = &self.config.settings;

@@ -29,7 +29,7 @@ fn rechunking_splits_the_stream_into_small_messages() {
                 sizes.push(b.len());
                 dec.decode::<localproxy::frame::FrameError, _>(&b, |m| {
                     if let localproxy::frame::Decoded::Message(m) = m {
-                        got.push(owned(m));
+                        got.push(into_owned(m));
                     }
                     Ok(())
                 })

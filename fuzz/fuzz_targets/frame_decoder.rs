@@ -17,10 +17,9 @@
 
 #![no_main]
 
-use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use localproxy::frame::{encode_frame, Decoded, FrameDecoder, FrameError, Message};
+use localproxy::frame::{encode_frame, into_owned, Decoded, FrameDecoder, FrameError, Message};
 use localproxy::protocol::MAX_PAYLOAD_SIZE;
 
 /// What one decoded frame turned into, detached from the input buffer.
@@ -30,25 +29,9 @@ enum Item {
     Ignored(i32),
 }
 
-fn owned(m: Message<'_>) -> Message<'static> {
-    Message {
-        type_pb: m.type_pb,
-        streamId: m.streamId,
-        ignorable: m.ignorable,
-        payload: Cow::Owned(m.payload.into_owned()),
-        serviceId: Cow::Owned(m.serviceId.into_owned()),
-        availableServiceIds: m
-            .availableServiceIds
-            .into_iter()
-            .map(|s| Cow::Owned(s.into_owned()))
-            .collect(),
-        connectionId: m.connectionId,
-    }
-}
-
 fn item(d: Decoded<'_>) -> Item {
     match d {
-        Decoded::Message(m) => Item::Message(owned(m)),
+        Decoded::Message(m) => Item::Message(into_owned(m)),
         Decoded::Ignored { raw_type } => Item::Ignored(raw_type),
     }
 }

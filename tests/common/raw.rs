@@ -1,13 +1,13 @@
 //! Raw clients for the tunnel-service tests: the service as a child
 //! process, a raw HTTP JSON client and raw WebSocket clients.
 
-use std::borrow::Cow;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub use localproxy::frame::into_owned;
 use localproxy::frame::{encode_frame, FrameDecoder, FrameError, Message};
 use openssl::ssl::{SslConnector, SslMethod, SslStream};
 use serde_json::Value;
@@ -201,23 +201,6 @@ pub fn join(svc: &Svc, mode: &str, token: &str, client_token: Option<&str>) -> W
         .0
 }
 
-/// An owned copy of a message.
-pub fn owned(m: Message<'_>) -> Message<'static> {
-    Message {
-        type_pb: m.type_pb,
-        streamId: m.streamId,
-        ignorable: m.ignorable,
-        payload: Cow::Owned(m.payload.into_owned()),
-        serviceId: Cow::Owned(m.serviceId.into_owned()),
-        availableServiceIds: m
-            .availableServiceIds
-            .into_iter()
-            .map(|s| Cow::Owned(s.into_owned()))
-            .collect(),
-        connectionId: m.connectionId,
-    }
-}
-
 /// Frames of the messages.
 pub fn frames(msgs: &[Message<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -245,7 +228,7 @@ pub fn recv(ws: &mut Ws, dec: &mut FrameDecoder, n: usize) -> Event {
                 assert!(b.len() <= 131_076);
                 dec.decode::<FrameError, _>(&b, |d| {
                     if let localproxy::frame::Decoded::Message(m) = d {
-                        got.push(owned(m));
+                        got.push(into_owned(m));
                     }
                     Ok(())
                 })
