@@ -30,7 +30,7 @@ for bin in localproxy tunnel-service; do
         *)
             # Never a vendored/static OpenSSL in this build: its version string
             # would be in the binary without the NEEDED entries.
-            if strings -a "$f" | grep -q '^OpenSSL [0-9]'; then
+            if strings -a "$f" | grep '^OpenSSL [0-9]' >/dev/null; then
                 echo "build.sh: $bin carries OpenSSL statically; expected libssl.so.3/libcrypto.so.3" >&2
                 exit 1
             fi

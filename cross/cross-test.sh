@@ -109,7 +109,7 @@ case "$data$api" in 127.0.0.1:*127.0.0.1:*) ;; *) echo "cross-test.sh: service n
 
 step "opening a tunnel with service SSH1"
 timeout "$STEP_TIMEOUT" "$host_out/tunnel-service" open --api "$api" --services SSH1 --format env > "$work/tunnel.env"
-get() { sed -n "s/^$1=['\"]\{0,1\}\([^'\"]*\)['\"]\{0,1\}\$/\1/p" "$work/tunnel.env" | head -n1; }
+get() { sed -n "s/^$1=['\"]\{0,1\}\([^'\"]*\)['\"]\{0,1\}\$/\1/p" "$work/tunnel.env" | sed -n 1p; }
 src_token=$(get SOURCE_TOKEN)
 dst_token=$(get DESTINATION_TOKEN)
 [ -n "$src_token" ] && [ -n "$dst_token" ] || { echo "cross-test.sh: no tokens from 'tunnel-service open'" >&2; exit 1; }

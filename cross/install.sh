@@ -43,7 +43,7 @@ done
 # The full --help text, as a text file and as a man page (the help text is the
 # reference; the man page wraps it verbatim so the two never disagree).
 help=$(run "$out/localproxy" --help)
-version=$(run "$out/localproxy" --version | head -n1)
+version=$(run "$out/localproxy" --version | sed -n 1p)
 printf '%s\n' "$help" > "$(d "$DOCDIR")/localproxy-help.txt"
 {
     echo ".TH LOCALPROXY 1 \"\" \"$version\" \"User Commands\""

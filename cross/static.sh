@@ -40,7 +40,7 @@ rustup target list --installed | grep -qx "$target" || rustup target add "$targe
 cd "$ROOT_DIR"
 "$CARGO" build --release --locked --target "$target" --features static --bin localproxy
 bin="target/$target/release/localproxy"
-if readelf -d "$bin" 2>/dev/null | grep -q NEEDED; then
+if readelf -d "$bin" 2>/dev/null | grep NEEDED >/dev/null; then
     echo "static.sh: $bin still has dynamic dependencies:" >&2
     readelf -d "$bin" | grep NEEDED >&2
     exit 1

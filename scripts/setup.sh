@@ -24,9 +24,11 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# (A list in a variable: `cmd | grep -q` can kill cmd with SIGPIPE, which
+# pipefail turns into a failure.)
+components=$(rustup component list --installed 2>/dev/null || true)
 for component in rustfmt clippy; do
-    rustup component list --installed 2>/dev/null | grep -q "^$component" ||
-        rustup component add "$component"
+    grep -q "^$component" <<<"$components" || rustup component add "$component"
 done
 
 make --no-print-directory pb-rs
