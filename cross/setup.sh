@@ -16,27 +16,8 @@ targets=("$@")
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-# Map a Rust target to Debian's architecture and GNU triple.
-deb_arch() {
-    case "$1" in
-        armv7-unknown-linux-gnueabihf) echo armhf ;;
-        aarch64-unknown-linux-gnu) echo arm64 ;;
-        *) echo "setup.sh: unsupported target $1" >&2; return 1 ;;
-    esac
-}
-gnu_triple() {
-    case "$1" in
-        armv7-unknown-linux-gnueabihf) echo arm-linux-gnueabihf ;;
-        aarch64-unknown-linux-gnu) echo aarch64-linux-gnu ;;
-        *) echo "setup.sh: unsupported target $1" >&2; return 1 ;;
-    esac
-}
-qemu_name() {
-    case "$1" in
-        armv7-unknown-linux-gnueabihf) echo qemu-arm ;;
-        aarch64-unknown-linux-gnu) echo qemu-aarch64 ;;
-    esac
-}
+# deb_arch, gnu_triple, qemu_bin: the target tables shared by the cross scripts.
+. "$(dirname "$0")/common.sh"
 
 pkgs=()
 need_update=0
@@ -45,7 +26,7 @@ for t in "${targets[@]}"; do
     triple=$(gnu_triple "$t")
     command -v "$triple-gcc" >/dev/null || pkgs+=("gcc-$triple")
     dpkg -s "libc6-dev-$arch-cross" >/dev/null 2>&1 || pkgs+=("libc6-dev-$arch-cross")
-    command -v "$(qemu_name "$t")" >/dev/null || pkgs+=(qemu-user)
+    command -v "$(qemu_bin "$t")" >/dev/null || pkgs+=(qemu-user)
     # Multiarch runtime libc: the loader /lib/ld-linux-*.so.* in its standard place,
     # which is what lets qemu-user run the binaries without -L.
     if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
