@@ -29,8 +29,10 @@ pub mod transport;
 /// signals for the whole process and handles them on a thread of its own.
 pub fn run(config: config::Config) -> Result<(), session::RunError> {
     let stop = stop::Stop::new();
-    stop::install(stop.clone())
-        .map_err(|e| session::RunError::Setup(format!("cannot set up signal handling: {e}")))?;
+    stop::install(stop.clone()).map_err(|source| session::RunError::Setup {
+        what: "set up signal handling",
+        source,
+    })?;
     let result = session::run(config, stop);
     notify::notify_stopping();
     result

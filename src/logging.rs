@@ -1,6 +1,15 @@
-//! Logging set-up: `-v` verbosity to an env_logger filter on stderr; `RUST_LOG` overrides.
+//! Logging: `-v` verbosity to an env_logger filter on stderr (`RUST_LOG`
+//! overrides), a rate limit for lines that peer input can trigger, and safe
+//! rendering of text that came from the network.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use log::LevelFilter;
+
+/// Longest piece of untrusted text [`printable`] keeps.
+const PRINTABLE_MAX: usize = 256;
 
 /// The log level for a `-v` value: 0 off, 1 (fatal) and 2 error, 3 warn,
 /// 4 info, 5 debug, 6 and above trace.
@@ -36,9 +45,118 @@ pub fn init(verbosity: u8) {
     let _ = builder.try_init();
 }
 
+/// Text from the network (a close reason, a status reason, a service id)
+/// made safe for a log line: control characters escaped, cut at
+/// [`PRINTABLE_MAX`] characters.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(PRINTABLE_MAX));
+    for (i, c) in text.chars().enumerate() {
+        if i == PRINTABLE_MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Lines logged per window and category before a [`Limiter`] holds back.
+const BURST: u32 = 5;
+/// The window of a [`Limiter`].
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Option<Instant>,
+    logged: u32,
+    held_back: u64,
+}
+
+/// Rate limit for log lines that peer input can trigger at will (a
+/// thousand bad messages must not make a thousand lines): per category, the
+/// first few lines of a window are logged, the rest are counted, and the
+/// count is reported with the next line logged.
+#[derive(Debug)]
+pub struct Limiter {
+    windows: Mutex<Vec<Window>>,
+}
+
+impl Limiter {
+    /// A limiter for categories `0..categories`.
+    pub fn new(categories: usize) -> Self {
+        let w = Window {
+            start: None,
+            logged: 0,
+            held_back: 0,
+        };
+        Limiter {
+            windows: Mutex::new(vec![w; categories]),
+        }
+    }
+
+    /// Logs `what` at `level` unless this category is over its budget.
+    pub fn log(&self, category: usize, level: log::Level, what: &dyn fmt::Display) {
+        if !log::log_enabled!(level) {
+            return;
+        }
+        match self.admit(category, Instant::now()) {
+            None => {}
+            Some(0) => log::log!(level, "{what}"),
+            Some(n) => log::log!(level, "{what} ({n} similar line(s) held back)"),
+        }
+    }
+
+    /// Whether a line of `category` may be logged at `now`: `Some(lines
+    /// held back since the last one)`, or `None` to hold this one back.
+    fn admit(&self, category: usize, now: Instant) -> Option<u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let w = windows.get_mut(category)?;
+        if w.start.map_or(true, |s| now.duration_since(s) >= WINDOW) {
+            w.start = Some(now);
+            w.logged = 0;
+        }
+        if w.logged >= BURST {
+            w.held_back += 1;
+            return None;
+        }
+        w.logged += 1;
+        Some(std::mem::take(&mut w.held_back))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_text_is_escaped_and_cut() {
+        assert_eq!(printable("plain words"), "plain words");
+        assert_eq!(printable("a\nb\x1b[31m"), "a\\nb\\u{1b}[31m");
+        let long = "x".repeat(1000);
+        assert_eq!(printable(&long).len(), PRINTABLE_MAX + 3);
+    }
+
+    #[test]
+    fn the_limiter_logs_a_burst_per_window_and_counts_the_rest() {
+        let l = Limiter::new(2);
+        let t0 = Instant::now();
+        for _ in 0..BURST {
+            assert_eq!(l.admit(0, t0), Some(0));
+        }
+        assert_eq!(l.admit(0, t0), None);
+        assert_eq!(l.admit(0, t0), None);
+        assert_eq!(l.admit(1, t0), Some(0), "categories are separate");
+        assert_eq!(
+            l.admit(0, t0 + WINDOW),
+            Some(2),
+            "the next window reports the count"
+        );
+        assert_eq!(l.admit(9, t0), None, "unknown category");
+    }
 
     #[test]
     fn verbosity_maps_like_the_reference() {

@@ -44,12 +44,28 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Printed once, whatever the verbosity.
-                    eprintln!("localproxy: {e}");
-                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                    eprintln!("localproxy: {}", chain(&e));
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
     }
+}
+
+/// `e` and its causes, outermost first, joined with ": "; a cause whose
+/// text its parent already quotes is not repeated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Prints `e` once to stderr and returns its exit status.

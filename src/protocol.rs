@@ -43,6 +43,12 @@ pub const MAX_MESSAGE_SIZE: usize = u16::MAX as usize;
 /// Largest `payload` of one message (setting `max_payload_size`).
 pub const MAX_PAYLOAD_SIZE: usize = 64_512;
 
+/// Services a tunnel may carry (the service's limit; SERVICE_IDS with more
+/// is a protocol error).
+pub const MAX_SERVICES_PER_TUNNEL: usize = 3;
+/// Longest service id.
+pub const SERVICE_ID_MAX_LEN: usize = 128;
+
 /// Port used when an endpoint names none.
 pub const DEFAULT_ENDPOINT_PORT: u16 = 443;
 /// Default port of a web proxy given without one.
@@ -79,6 +85,14 @@ pub fn is_valid_client_token(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// Whether `id` is a well-formed service id: `^[a-zA-Z0-9:_-]{1,128}$`.
+pub fn is_valid_service_id(id: &str) -> bool {
+    (1..=SERVICE_ID_MAX_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +107,17 @@ mod tests {
             endpoint_host_for_region("us-east-1"),
             "data.tunneling.iot.us-east-1.amazonaws.com"
         );
+    }
+
+    #[test]
+    fn service_id_format() {
+        assert!(is_valid_service_id("SSH1"));
+        assert!(is_valid_service_id("a:b_c-d"));
+        assert!(is_valid_service_id(&"x".repeat(128)));
+        assert!(!is_valid_service_id(""));
+        assert!(!is_valid_service_id(&"x".repeat(129)));
+        assert!(!is_valid_service_id("bad id"));
+        assert!(!is_valid_service_id("bad#id"));
     }
 
     #[test]

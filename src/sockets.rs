@@ -1,13 +1,16 @@
 //! Socket operations std lacks: an outgoing TCP connection bound to a chosen
-//! local address (`-b` on the destination side).
+//! local address (`-b` on the destination side), with a timeout; TCP
+//! keepalive and `TCP_USER_TIMEOUT` for the tunnel socket.
 
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
-/// Connects to `target` from a socket bound to `bind` (host or IP, port 0).
-pub fn connect_from(bind: &str, target: SocketAddr) -> io::Result<TcpStream> {
+/// Connects to `target` from a socket bound to `bind` (host or IP, port 0),
+/// giving up after `timeout` like [`TcpStream::connect_timeout`].
+pub fn connect_from(bind: &str, target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let local = (bind, 0)
         .to_socket_addrs()?
         .find(|a| a.is_ipv4() == target.is_ipv4())
@@ -35,18 +38,145 @@ pub fn connect_from(bind: &str, target: SocketAddr) -> io::Result<TcpStream> {
         return Err(io::Error::last_os_error());
     }
     let (addr, len) = sockaddr(&target);
-    loop {
-        // SAFETY: as above, for the target address.
-        let rc = unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) };
-        if rc == 0 {
-            break;
-        }
+    set_nonblocking(fd, true)?;
+    // SAFETY: as above, for the target address.
+    let rc = unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) };
+    if rc != 0 {
         let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
+        if err.raw_os_error() != Some(libc::EINPROGRESS) {
             return Err(err);
         }
+        wait_connected(fd, timeout)?;
     }
+    set_nonblocking(fd, false)?;
     Ok(TcpStream::from(owned))
+}
+
+fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; return codes are checked.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if on {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        if libc::fcntl(fd, libc::F_SETFL, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Waits for a non-blocking connect to finish, at most `timeout`.
+fn wait_connected(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connection timed out after {timeout:?}"),
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if rc == 0 {
+            continue;
+        }
+        let mut err: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: SO_ERROR writes one c_int into `err`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return if err == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(err))
+        };
+    }
+}
+
+/// How the kernel watches an idle or stuck tunnel connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub probes: u32,
+    /// Linux `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged.
+    pub user_timeout: Duration,
+}
+
+/// Turns on TCP keepalive with `k`'s timing, and `TCP_USER_TIMEOUT` where
+/// the platform has it.
+pub fn set_keepalive(sock: &TcpStream, k: &Keepalive) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let secs = |d: Duration| libc::c_int::try_from(d.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(k.idle))?;
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(k.interval))?;
+        let probes = libc::c_int::try_from(k.probes.max(1)).unwrap_or(libc::c_int::MAX);
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, probes)?;
+        let ms = libc::c_int::try_from(k.user_timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)?;
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (secs, k);
+    Ok(())
+}
+
+fn setsockopt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a c_int that outlives the call; its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -93,12 +223,59 @@ mod tests {
     fn outgoing_connection_is_bound_to_the_given_address() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let target = listener.local_addr().expect("addr");
-        let stream = connect_from("127.0.0.2", target).expect("connects");
+        let stream = connect_from("127.0.0.2", target, Duration::from_secs(5)).expect("connects");
         let (_, peer) = listener.accept().expect("accepts");
         assert_eq!(peer.ip().to_string(), "127.0.0.2");
         assert_eq!(
             stream.local_addr().expect("local").ip().to_string(),
             "127.0.0.2"
         );
+    }
+
+    #[test]
+    fn a_refused_connection_fails_at_once() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let started = Instant::now();
+        let e = connect_from("127.0.0.1", port, Duration::from_secs(5)).expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn keepalive_options_are_set() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = TcpStream::connect(listener.local_addr().expect("addr")).expect("connects");
+        let k = Keepalive {
+            idle: Duration::from_secs(7),
+            interval: Duration::from_secs(3),
+            probes: 4,
+            user_timeout: Duration::from_millis(12_500),
+        };
+        set_keepalive(&s, &k).expect("sets");
+        let get = |level, name| {
+            let mut v: libc::c_int = 0;
+            let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: reads one c_int option into `v`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    level,
+                    name,
+                    &mut v as *mut _ as *mut libc::c_void,
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            v
+        };
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 7);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 3);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 12_500);
     }
 }

@@ -1,23 +1,24 @@
 //! The local side: listeners, outgoing connections (TCP or Unix socket) and
-//! the two worker threads that pump one local connection to and from the tunnel.
+//! the two halves that pump one local connection to and from the tunnel.
 //!
-//! Each local connection is split into a read half and a write half, each on
-//! its own small thread. The read half turns local bytes into DATA frames and
-//! sends them into the tunnel writer's bounded channel (so a slow tunnel slows
-//! local reads: TCP backpressure instead of memory growth). The write half
-//! drains the connection's own bounded channel into the socket; when that
-//! channel's senders are gone it shuts the socket down, which also ends the
-//! read half.
+//! A local connection is one socket (one descriptor) shared by its two
+//! halves, each on its own small thread. The read half turns local bytes
+//! into DATA frames and sends them into the tunnel writer's bounded channel
+//! (so a slow tunnel slows local reads: TCP backpressure instead of memory
+//! growth). The write half drains the connection's own bounded channel into
+//! the socket; when that channel's senders are gone (the tunnel side closed
+//! the connection) it first writes everything already queued, then shuts the
+//! socket down, which also ends the read half.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::config::DestinationAddr;
 use crate::frame::{encode_frame, message, MessageType};
@@ -34,6 +35,8 @@ pub const INITIAL_READ_BUFFER: usize = 4 * 1024;
 /// How long one write to a local application may block before the
 /// connection is considered stalled and closed.
 pub const LOCAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one attempt to connect to a local service may take.
+pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connected local socket, TCP or Unix domain.
 #[derive(Debug)]
@@ -43,20 +46,24 @@ pub enum LocalStream {
 }
 
 impl LocalStream {
-    /// A second handle on the same socket.
-    pub fn try_clone(&self) -> io::Result<LocalStream> {
-        Ok(match self {
-            LocalStream::Tcp(s) => LocalStream::Tcp(s.try_clone()?),
-            LocalStream::Unix(s) => LocalStream::Unix(s.try_clone()?),
-        })
-    }
-
     /// Shuts down one or both directions; errors (already closed) are moot.
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             LocalStream::Tcp(s) => s.shutdown(how),
             LocalStream::Unix(s) => s.shutdown(how),
         };
+    }
+
+    /// The other end, for logs: `IP:PORT`, or the socket path.
+    pub fn peer(&self) -> String {
+        match self {
+            LocalStream::Tcp(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+            LocalStream::Unix(s) => s
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_default(),
+        }
     }
 
     fn prepare(&self) -> io::Result<()> {
@@ -71,24 +78,44 @@ impl LocalStream {
     }
 }
 
-impl Read for LocalStream {
+impl Read for &LocalStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            LocalStream::Tcp(s) => s.read(buf),
-            LocalStream::Unix(s) => s.read(buf),
+            LocalStream::Tcp(s) => (&*s).read(buf),
+            LocalStream::Unix(s) => (&*s).read(buf),
         }
     }
 }
 
-impl Write for LocalStream {
+impl Write for &LocalStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            LocalStream::Tcp(s) => s.write(buf),
-            LocalStream::Unix(s) => s.write(buf),
+            LocalStream::Tcp(s) => (&*s).write(buf),
+            LocalStream::Unix(s) => (&*s).write(buf),
         }
     }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Lets the session force a connection closed (a local application that
+/// stopped reading). Empty until the connection's socket exists.
+#[derive(Debug, Default)]
+pub struct Closer(OnceLock<Arc<LocalStream>>);
+
+impl Closer {
+    /// Records the socket once it is connected.
+    pub fn set(&self, stream: Arc<LocalStream>) {
+        let _ = self.0.set(stream);
+    }
+
+    /// Shuts the socket down both ways (when it exists), so both halves end.
+    pub fn close(&self) {
+        if let Some(s) = self.0.get() {
+            s.shutdown(Shutdown::Both);
+        }
     }
 }
 
@@ -110,8 +137,9 @@ pub fn bind_listener(host: &str, port: u16) -> io::Result<TcpListener> {
     Err(last)
 }
 
-/// Connects to a destination once. `bind` is the local address to bind the
-/// outgoing TCP socket to (`-b`).
+/// Connects to a destination once, within [`LOCAL_CONNECT_TIMEOUT`] per
+/// address. `bind` is the local address to bind the outgoing TCP socket to
+/// (`-b`).
 pub fn connect_once(addr: &DestinationAddr, bind: Option<&str>) -> io::Result<LocalStream> {
     match addr {
         DestinationAddr::Unix(path) => UnixStream::connect(path).map(LocalStream::Unix),
@@ -124,8 +152,8 @@ pub fn connect_once(addr: &DestinationAddr, bind: Option<&str>) -> io::Result<Lo
             );
             for target in addrs {
                 let attempt = match bind {
-                    Some(b) => crate::sockets::connect_from(b, target),
-                    None => TcpStream::connect_timeout(&target, Duration::from_secs(10)),
+                    Some(b) => crate::sockets::connect_from(b, target, LOCAL_CONNECT_TIMEOUT),
+                    None => TcpStream::connect_timeout(&target, LOCAL_CONNECT_TIMEOUT),
                 };
                 match attempt {
                     Ok(s) => return Ok(LocalStream::Tcp(s)),
@@ -145,24 +173,31 @@ pub fn describe(addr: &DestinationAddr) -> String {
     }
 }
 
-/// Byte counters and timing of one connection, logged when both halves end.
-#[derive(Debug)]
+/// Byte counters and timing of one connection, logged when both halves
+/// end. It also holds what must live exactly as long as the connection's
+/// threads (its connection slot).
 pub struct ConnStats {
     pub label: String,
+    /// The other end of the local socket.
+    pub remote: String,
     pub started: Instant,
     /// Local application to tunnel.
     pub to_tunnel: AtomicU64,
     /// Tunnel to local application.
     pub from_tunnel: AtomicU64,
+    _hold: Box<dyn Send + Sync>,
 }
 
 impl ConnStats {
-    pub fn new(label: String) -> Arc<Self> {
+    /// Stats for a connection; `hold` is dropped with them.
+    pub fn new(label: String, remote: String, hold: Box<dyn Send + Sync>) -> Arc<Self> {
         Arc::new(ConnStats {
             label,
+            remote,
             started: Instant::now(),
             to_tunnel: AtomicU64::new(0),
             from_tunnel: AtomicU64::new(0),
+            _hold: hold,
         })
     }
 }
@@ -170,7 +205,8 @@ impl ConnStats {
 impl Drop for ConnStats {
     fn drop(&mut self) {
         log::info!(
-            "Connection closed: {}, {} bytes sent to the tunnel, {} bytes received, {:.1?}",
+            "Disconnected from: {} ({}, {} bytes sent to the tunnel, {} bytes received, {:.1?})",
+            self.remote,
             self.label,
             self.to_tunnel.load(Ordering::Relaxed),
             self.from_tunnel.load(Ordering::Relaxed),
@@ -191,55 +227,110 @@ pub struct ReadHalf {
     pub on_closed: Box<dyn FnOnce() + Send>,
 }
 
-/// Starts the two worker threads of a connected local socket.
-pub fn spawn_pipe(
-    stream: LocalStream,
-    from_tunnel: Receiver<Vec<u8>>,
-    read_half: ReadHalf,
-    stats: Arc<ConnStats>,
-) -> io::Result<()> {
-    stream.prepare()?;
-    let writer = stream.try_clone()?;
-    let wstats = stats.clone();
-    let closed = Arc::new(AtomicBool::new(false));
-    let wclosed = closed.clone();
-    thread::Builder::new()
-        .name("local-write".into())
-        .stack_size(CONNECTION_THREAD_STACK)
-        .spawn(move || write_half(writer, from_tunnel, wstats, &wclosed))?;
-    thread::Builder::new()
-        .name("local-read".into())
-        .stack_size(CONNECTION_THREAD_STACK)
-        .spawn(move || read_loop(stream, read_half, stats, &closed))?;
-    Ok(())
+/// What the write half needs.
+pub struct WriteHalf {
+    /// Payloads from the tunnel; the senders' drop ends the connection.
+    pub from_tunnel: Receiver<Vec<u8>>,
+    /// A payload already taken off the channel (while connecting).
+    pub first: Option<Vec<u8>>,
+    /// Called when nothing came from the tunnel within the duration since
+    /// the connection started (source: the STREAM_START went unanswered).
+    pub on_silence: Option<(Duration, Box<dyn FnOnce() + Send>)>,
 }
 
-/// `closed` is set when the tunnel side is done with the connection, so
-/// that the read half stops too: on Linux a socket shut down for reading
-/// still returns bytes that arrive later, and a peer that keeps sending
-/// would keep the connection (and its DATA toward a dead stream) alive.
-fn write_half(
-    mut sock: LocalStream,
-    rx: Receiver<Vec<u8>>,
+/// A connected local socket and what both halves share.
+pub struct Conn {
+    stream: Arc<LocalStream>,
     stats: Arc<ConnStats>,
-    closed: &AtomicBool,
-) {
-    for chunk in rx.iter() {
-        if let Err(e) = sock.write_all(&chunk) {
-            log::debug!("{}: local write failed: {e}", stats.label);
-            break;
-        }
-        stats
-            .from_tunnel
-            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    /// Set when the write half is done, so the read half stops too: on
+    /// Linux a socket shut down for reading still returns bytes that arrive
+    /// later, and a peer that keeps sending would keep the connection (and
+    /// its DATA toward a dead stream) alive.
+    closed: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Prepares a connected socket (no Nagle, a write timeout).
+    pub fn new(stream: Arc<LocalStream>, stats: Arc<ConnStats>) -> io::Result<Conn> {
+        stream.prepare()?;
+        Ok(Conn {
+            stream,
+            stats,
+            closed: Arc::new(AtomicBool::new(false)),
+        })
     }
-    // The tunnel side is done with this connection (or the socket failed):
-    // close both directions so the read half ends too.
-    closed.store(true, Ordering::SeqCst);
-    sock.shutdown(Shutdown::Both);
+
+    /// Starts the read half on a thread of its own.
+    pub fn spawn_read(&self, half: ReadHalf) -> io::Result<()> {
+        let (stream, stats, closed) =
+            (self.stream.clone(), self.stats.clone(), self.closed.clone());
+        thread::Builder::new()
+            .name("local-read".into())
+            .stack_size(CONNECTION_THREAD_STACK)
+            .spawn(move || read_loop(&stream, half, &stats, &closed))?;
+        Ok(())
+    }
+
+    /// Starts the write half on a thread of its own.
+    pub fn spawn_write(self, half: WriteHalf) -> io::Result<()> {
+        thread::Builder::new()
+            .name("local-write".into())
+            .stack_size(CONNECTION_THREAD_STACK)
+            .spawn(move || self.run_write(half))?;
+        Ok(())
+    }
+
+    /// Runs the write half on the calling thread until the connection ends.
+    pub fn run_write(self, half: WriteHalf) {
+        write_loop(&self.stream, half, &self.stats);
+        // The tunnel side is done with this connection (or the socket
+        // failed): close both directions so the read half ends too.
+        self.closed.store(true, Ordering::SeqCst);
+        self.stream.shutdown(Shutdown::Both);
+    }
 }
 
-fn read_loop(mut sock: LocalStream, half: ReadHalf, stats: Arc<ConnStats>, closed: &AtomicBool) {
+fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
+    let write = |sock: &mut &LocalStream, chunk: &[u8]| match sock.write_all(chunk) {
+        Ok(()) => {
+            stats
+                .from_tunnel
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            true
+        }
+        Err(e) => {
+            log::debug!("{}: local write failed: {e}", stats.label);
+            false
+        }
+    };
+    if let Some(chunk) = half.first {
+        if !write(&mut sock, &chunk) {
+            return;
+        }
+    }
+    let rx = half.from_tunnel;
+    if let Some((after, on_silence)) = half.on_silence {
+        match rx.recv_timeout(after) {
+            Ok(chunk) => {
+                if !write(&mut sock, &chunk) {
+                    return;
+                }
+            }
+            // When the silence ends the stream, the connection's handle is
+            // dropped and the loop below ends once the queue is empty.
+            Err(RecvTimeoutError::Timeout) => on_silence(),
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+    // Ends when the senders are gone and everything queued is written.
+    for chunk in rx.iter() {
+        if !write(&mut sock, &chunk) {
+            return;
+        }
+    }
+}
+
+fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: &AtomicBool) {
     let full = half.read_size.max(1);
     let mut buf = vec![0u8; INITIAL_READ_BUFFER.min(full)];
     let ids = &half.ids;
@@ -276,16 +367,4 @@ fn read_loop(mut sock: LocalStream, half: ReadHalf, stats: Arc<ConnStats>, close
         }
     }
     (half.on_closed)();
-}
-
-/// Encodes a message without payload (starts and resets) into a frame.
-pub fn control_frame(kind: MessageType, ids: &WireIds) -> Vec<u8> {
-    let msg = message(kind, ids.stream_id, &ids.service_id, ids.connection_id, b"");
-    let mut out = Vec::with_capacity(64);
-    // A message without payload is far below the frame limit: the only
-    // variable part is the service id, bounded by the handshake size.
-    if let Err(e) = encode_frame(&msg, &mut out) {
-        log::error!("cannot frame {kind:?}: {e}");
-    }
-    out
 }

@@ -38,8 +38,10 @@ fn closed_tunnel_exits_0() {
         &["-d", "SSH1=22"],
         "dst",
     );
-    dest.stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    dest.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     service.client(&["close", "--tunnel-id", &tunnel.id]);
     assert_eq!(dest.wait_exit(SECS_20), 0, "{}", dest.stderr.all());
     dest.stderr
@@ -60,13 +62,15 @@ fn a_second_proxy_with_the_same_token_replaces_the_first_which_exits_3() {
         "shared-client-token-0123456789abcdef",
     ];
     let mut first = proxy(&service, &tunnel.destination_token, &args, "dst1");
-    first
-        .stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    first.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     let second = proxy(&service, &tunnel.destination_token, &args, "dst2");
-    second
-        .stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    second.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     let code = first.wait_exit(SECS_20);
     let err = first.final_stderr();
     assert_eq!(code, 3, "{err}");
@@ -85,8 +89,10 @@ fn sigterm_closes_and_exits_0_within_a_second() {
         &["-d", &format!("SSH1={echo}")],
         "dst",
     );
-    dest.stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    dest.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     let mut source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
     let port = listening_port(&source, "SSH1");
     let client = connect(port);
@@ -120,8 +126,10 @@ fn tokens_never_appear_in_output_at_trace_level() {
         &["-d", &format!("SSH1={echo}"), "-v", "6", "-i", client_token],
         "dst",
     );
-    dest.stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    dest.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     let mut source = proxy(
         &service,
         &tunnel.source_token,
@@ -173,8 +181,10 @@ fn systemd_readiness_is_notified_once_the_tunnel_is_up() {
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.contains("READY=1"), "{msg}");
     // READY=1 follows the handshake, whose success is logged first.
-    dest.stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    dest.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     service.client(&["close", "--tunnel-id", &tunnel.id]);
     assert_eq!(dest.wait_exit(SECS_20), 0);
     let n = sock.recv(&mut buf).expect("stopping notification");

@@ -18,7 +18,7 @@ use common::*;
 use localproxy::frame::{encode_frame, message, MessageType};
 
 const SECS_20: Duration = Duration::from_secs(20);
-const CONNECTED: &str = "Connected to the tunneling service";
+const CONNECTED: &str = "Successfully established websocket connection with proxy server";
 /// Descriptors and threads a proxy may hold above its baseline after the
 /// restarts: a local connection's threads and socket end a moment after
 /// the client sees its close, and glibc may keep one extra descriptor
@@ -211,9 +211,10 @@ fn dropped_connections_reconnect_without_a_restart() {
         "a transfer across a dropped tunnel fails"
     );
     p.dest.stderr.wait_for_nth(CONNECTED, n_dst + 1, SECS_20);
+    // The first reconnect after losing an established tunnel is immediate.
     p.dest
         .stderr
-        .wait_for("reconnect attempt 1", Duration::from_secs(1));
+        .wait_for("reconnecting now", Duration::from_secs(1));
     echo_eventually(p.port, 8, 256 * 1024, SECS_20);
     // LocalTest.Drop: the source's connection vanishes without a close.
     let n_src = p.source.stderr.count(CONNECTED);
@@ -297,7 +298,12 @@ fn connect_retry_count_2_gives_up_with_exit_4_after_3_attempts() {
     );
     assert_eq!(p.wait_exit(SECS_20), 4, "{}", p.stderr.all());
     let err = p.final_stderr();
-    assert_eq!(err.matches("Connecting to").count(), 3, "{err}");
+    assert_eq!(
+        err.matches("Attempting to establish web socket connection")
+            .count(),
+        3,
+        "{err}"
+    );
     for n in 1..=2 {
         let line = p
             .stderr
@@ -513,7 +519,8 @@ fn assert_certificate_refused(service: &Service, token: &str, ca: Option<&Path>)
     let err = p.final_stderr();
     assert_eq!(code, 2, "a rejected certificate is final:\n{err}");
     assert_eq!(
-        err.matches("Connecting to").count(),
+        err.matches("Attempting to establish web socket connection")
+            .count(),
         1,
         "not retried:\n{err}"
     );

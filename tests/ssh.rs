@@ -109,7 +109,7 @@ fn openssh_logs_in_through_the_tunnel() {
         "dst",
     );
     dest.stderr.wait_for(
-        "Connected to the tunneling service",
+        "Successfully established websocket connection with proxy server",
         Duration::from_secs(20),
     );
     let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");

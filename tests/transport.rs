@@ -306,7 +306,7 @@ fn handshake_sends_tokens_and_reports_channel_and_subprotocol() {
         let logs = TRANSPORT_LOGS.lock().unwrap().join("\n");
         assert!(logs.contains("access-token: <redacted>"), "{logs}");
         assert!(logs.contains("client-token: <redacted>"), "{logs}");
-        assert!(logs.contains("channel-id chan-42"), "{logs}");
+        assert!(logs.contains("Web socket session ID: chan-42"), "{logs}");
         assert_eq!(*LEAKS.lock().unwrap(), Vec::<String>::new());
     });
 }
@@ -630,7 +630,7 @@ fn shutdown_handle_unblocks_a_blocked_read() {
 }
 
 #[test]
-fn read_timeout_is_retryable() {
+fn silence_past_the_limit_is_reported_and_the_reader_can_go_on() {
     with_deadline(20, || {
         let (port, _seen) = spawn_ws_server(|mut ws| {
             let _ = ws.read();
@@ -638,10 +638,13 @@ fn read_timeout_is_retryable() {
             let _ = ws.read();
         });
         let (mut r, mut w) = Client::new(port).connect().unwrap().split();
-        r.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        assert!(matches!(r.read(), Err(TransportError::Io(_))));
-        r.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let limit = Duration::from_millis(100);
+        r.set_silence_limit(Some(limit)).unwrap();
+        match r.read() {
+            Err(TransportError::Silent { after }) => assert_eq!(after, limit),
+            other => panic!("expected silence, got {other:?}"),
+        }
+        r.set_silence_limit(Some(IO_TIMEOUT)).unwrap();
         w.send_binary(b"go").unwrap();
         assert_eq!(r.read().unwrap(), Incoming::Binary(b"late".to_vec()));
     });

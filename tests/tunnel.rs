@@ -22,14 +22,17 @@ fn pair(service: &Service, tunnel: &Tunnel, dest_maps: &str, source_args: &[&str
         &["-d", dest_maps, "-v", "5"],
         "dst",
     );
-    dest.stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    dest.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     let mut args = vec!["-m", "source", "-v", "5"];
     args.extend_from_slice(source_args);
     let source = proxy(service, &tunnel.source_token, &args, "src");
-    source
-        .stderr
-        .wait_for("Connected to the tunneling service", SECS_20);
+    source.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
     (dest, source)
 }
 
@@ -73,7 +76,7 @@ fn three_services_eight_connections_each_no_cross_talk() {
         w.join().expect("connection verified");
     }
     // Each simultaneous connection after the first used CONNECTION_START.
-    assert!(source.stderr.count("Connection opened") >= 24);
+    assert!(source.stderr.count("Accepted tcp connection") >= 24);
 }
 
 #[test]
@@ -110,7 +113,7 @@ fn v2_and_v1_sources_against_a_v3_destination() {
         assert_eq!(again, b"still here");
         drop(first);
         // Once closed, a new connection gets a new stream.
-        source.stderr.wait_for("Connection closed", SECS_20);
+        source.stderr.wait_for("Disconnected from", SECS_20);
         let got = echo_through(connect(port), Arc::new(b"next".to_vec()));
         assert_eq!(got, b"next", "{version}");
     }

@@ -23,6 +23,8 @@ const GROUPS: [(&str, &[&str]); 4] = [
             "connection_retry_count",
             "connection_retry_delay_ms",
             "read_buffer_size",
+            "max_active_connections",
+            "stream_start_timeout_ms",
         ],
     ),
     (
@@ -79,6 +81,8 @@ pub fn value_string(s: &Settings, key: &str) -> Option<String> {
         "tcp.connection_retry_count" => s.tcp_connection_retry_count.to_string(),
         "tcp.connection_retry_delay_ms" => s.tcp_connection_retry_delay_ms.to_string(),
         "tcp.read_buffer_size" => s.tcp_read_buffer_size.to_string(),
+        "tcp.max_active_connections" => s.tcp_max_active_connections.to_string(),
+        "tcp.stream_start_timeout_ms" => s.tcp_stream_start_timeout_ms.to_string(),
         "websocket.ping_period_ms" => s.ping_period_ms.to_string(),
         "websocket.retry_delay_ms" => s.retry_delay_ms.to_string(),
         "websocket.connect_retry_count" => s.connect_retry_count.to_string(),
@@ -293,6 +297,8 @@ fn set(s: &mut Settings, key: &str, v: &Value) -> Result<(), String> {
         "tcp.connection_retry_count" => s.tcp_connection_retry_count = int(v, -1, i64::MAX)?,
         "tcp.connection_retry_delay_ms" => s.tcp_connection_retry_delay_ms = uint(v, 0, ANY)?,
         "tcp.read_buffer_size" => s.tcp_read_buffer_size = size(v, 1, usize::MAX)?,
+        "tcp.max_active_connections" => s.tcp_max_active_connections = size(v, 1, usize::MAX)?,
+        "tcp.stream_start_timeout_ms" => s.tcp_stream_start_timeout_ms = uint(v, 0, ANY)?,
         "websocket.ping_period_ms" => s.ping_period_ms = uint(v, 1, ANY)?,
         "websocket.retry_delay_ms" => s.retry_delay_ms = uint(v, 0, ANY)?,
         "websocket.connect_retry_count" => s.connect_retry_count = int(v, -1, i64::MAX)?,
@@ -344,9 +350,9 @@ mod tests {
         assert_eq!(json["tunneling"].as_object().unwrap().len(), 1);
         assert_eq!(proxy.as_object().unwrap().len(), 4);
         assert_eq!(proxy["message"].as_object().unwrap().len(), 3);
-        assert_eq!(proxy["tcp"].as_object().unwrap().len(), 3);
+        assert_eq!(proxy["tcp"].as_object().unwrap().len(), 5);
         assert_eq!(ws.as_object().unwrap().len(), 8);
-        assert_eq!(keys().len(), 15);
+        assert_eq!(keys().len(), 17);
     }
 
     #[test]

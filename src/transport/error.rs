@@ -5,6 +5,8 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use crate::logging::printable;
+
 /// Why [`super::connect`] failed. `Display` names the endpoint (or the web
 /// proxy, without credentials) and the failure; [`ConnectError::is_retryable`]
 /// says whether trying again later can help.
@@ -158,10 +160,11 @@ impl fmt::Display for ConnectError {
             } => {
                 write!(
                     f,
-                    "the tunneling service at {target} refused the connection: HTTP {status} {status_text}"
+                    "the tunneling service at {target} refused the connection: HTTP {status} {}",
+                    printable(status_text)
                 )?;
                 if let Some(r) = reason {
-                    write!(f, " (X-Status-Reason: {r})")?;
+                    write!(f, " (X-Status-Reason: {})", printable(r))?;
                 }
                 if let Some(b) = body {
                     write!(f, " body: {b:?}")?;
@@ -181,15 +184,20 @@ impl fmt::Display for ConnectError {
             } => {
                 write!(
                     f,
-                    "the tunneling service at {target} failed: HTTP {status} {status_text}"
+                    "the tunneling service at {target} failed: HTTP {status} {}",
+                    printable(status_text)
                 )?;
                 if let Some(r) = reason {
-                    write!(f, " (X-Status-Reason: {r})")?;
+                    write!(f, " (X-Status-Reason: {})", printable(r))?;
                 }
                 Ok(())
             }
             ConnectError::Protocol { target, detail } => {
-                write!(f, "protocol error in the upgrade with {target}: {detail}")
+                write!(
+                    f,
+                    "protocol error in the upgrade with {target}: {}",
+                    printable(detail)
+                )
             }
             ConnectError::Proxy { proxy, failure } => {
                 write!(f, "web proxy {proxy}: ")?;
@@ -199,7 +207,11 @@ impl fmt::Display for ConnectError {
                         status,
                         status_text,
                     } => {
-                        write!(f, "CONNECT refused with HTTP {status} {status_text}")?;
+                        write!(
+                            f,
+                            "CONNECT refused with HTTP {status} {}",
+                            printable(status_text)
+                        )?;
                         if *status == 407 {
                             f.write_str(
                                 " (proxy authentication required: check the user and password \
@@ -255,6 +267,11 @@ pub enum TransportError {
     Eof,
     /// Another thread panicked while holding the connection's lock.
     Poisoned,
+    /// Nothing at all (data, ping, pong) came from the service for `after`.
+    Silent { after: Duration },
+    /// A write to the service made no progress for `after` (it stopped
+    /// reading, or the path went dead).
+    WriteStalled { after: Duration },
 }
 
 impl fmt::Display for TransportError {
@@ -277,6 +294,16 @@ impl fmt::Display for TransportError {
             TransportError::Poisoned => {
                 f.write_str("the tunnel connection's lock was poisoned by a panic")
             }
+            TransportError::Silent { after } => write!(
+                f,
+                "nothing (data, ping or pong) received from the service for {after:.1?}: \
+                 the connection is dead"
+            ),
+            TransportError::WriteStalled { after } => write!(
+                f,
+                "a write to the service made no progress for {after:.1?}: it stopped reading \
+                 or the connection is dead"
+            ),
         }
     }
 }

@@ -11,12 +11,7 @@ use crate::protocol::{
 };
 use crate::secret::Secret;
 
-use super::http::ResponseHead;
-
-/// `localproxy-rs/<version>`.
-pub(crate) fn user_agent() -> String {
-    format!("localproxy-rs/{}", env!("CARGO_PKG_VERSION"))
-}
+use super::http::{host_port, user_agent, ResponseHead};
 
 /// What goes into the upgrade request.
 pub(crate) struct UpgradeRequest<'a> {
@@ -50,11 +45,11 @@ impl UpgradeRequest<'_> {
         }
         check_header_value("subprotocol", self.subprotocol)?;
         let host = if self.port == crate::protocol::DEFAULT_ENDPOINT_PORT {
-            super::proxy::host_port(self.host, self.port)
+            host_port(self.host, self.port)
                 .trim_end_matches(":443")
                 .to_string()
         } else {
-            super::proxy::host_port(self.host, self.port)
+            host_port(self.host, self.port)
         };
         let build = |redact: bool| {
             let show = |s: &Secret| {

@@ -1,5 +1,6 @@
-//! Minimal HTTP/1.1 response heads: read one off a layer (keeping the bytes
-//! that follow it) and parse its status line and headers.
+//! Minimal HTTP/1.1: read a response head off a layer (keeping the bytes
+//! that follow it) and parse its status line and headers; the pieces the
+//! upgrade and CONNECT requests share.
 
 use std::io::{self, Read};
 
@@ -7,6 +8,20 @@ use super::memio::{HasMemIo, Outer, Pump};
 
 /// Largest response head accepted.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
+
+/// `localproxy-rs/<version>`.
+pub(crate) fn user_agent() -> String {
+    format!("localproxy-rs/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
 
 /// A parsed response head.
 #[derive(Debug, Clone, PartialEq, Eq)]

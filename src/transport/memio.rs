@@ -30,6 +30,11 @@ impl MemIo {
         }
     }
 
+    /// Bytes produced for the socket and not taken yet.
+    pub(crate) fn outbound_len(&self) -> usize {
+        self.outbound.len()
+    }
+
     /// Bytes received and not yet consumed.
     pub(crate) fn take_inbound(&mut self) -> Vec<u8> {
         self.inbound.drain(..).collect()

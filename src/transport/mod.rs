@@ -24,6 +24,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::WebSocket;
 
 pub use error::{ConnectError, ProxyConfigError, ProxyFailure, TransportError};
+pub use http::host_port;
 pub use proxy::{no_proxy_matches, ProxyScheme, WebProxy};
 pub use split::{Incoming, ShutdownHandle, WsReader, WsWriter};
 
@@ -32,7 +33,6 @@ use crate::secret::Secret;
 use handshake::{UpgradeRequest, Verdict};
 use http::{read_head, HeadError};
 use memio::{MemIo, Outer, Pump};
-use proxy::host_port;
 
 /// What [`connect`] needs.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +83,12 @@ impl Connection {
     /// The subprotocol the service chose.
     pub fn subprotocol(&self) -> &str {
         &self.subprotocol
+    }
+
+    /// Turns on TCP keepalive (and `TCP_USER_TIMEOUT` on Linux) on the
+    /// tunnel socket, a backstop for the session's own liveness checks.
+    pub fn set_keepalive(&self, k: &crate::sockets::Keepalive) -> std::io::Result<()> {
+        crate::sockets::set_keepalive(&self.sock, k)
     }
 
     /// A handle that shuts the socket down (also available from the writer).
@@ -307,16 +313,16 @@ pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
     sock.set_read_timeout(None).map_err(net_setup)?;
     sock.set_write_timeout(None).map_err(net_setup)?;
     let read_sock = sock.try_clone().map_err(net_setup)?;
+    // The reference's lines, which scripts wait for (README, Compatibility).
     match &upgraded.channel_id {
-        Some(id) => log::info!(
-            "connected to {target}: channel-id {id}, subprotocol {}",
-            upgraded.subprotocol
-        ),
-        None => log::warn!(
-            "connected to {target} (subprotocol {}) but the service sent no channel-id",
-            upgraded.subprotocol
-        ),
+        Some(id) => log::info!("Web socket session ID: {}", crate::logging::printable(id)),
+        None => log::warn!("The service sent no channel-id (web socket session ID)"),
     }
+    log::info!(
+        "Successfully established websocket connection with proxy server: wss://{target} \
+         (subprotocol {})",
+        upgraded.subprotocol
+    );
     let ws = WebSocket::from_partially_read(
         tls,
         tail,

@@ -7,7 +7,7 @@ use crate::protocol::DEFAULT_WEB_PROXY_PORT;
 use crate::secret::Secret;
 
 use super::error::{ProxyConfigError, ProxyFailure};
-use super::http::{read_head, HeadError};
+use super::http::{host_port, read_head, user_agent, HeadError};
 use super::memio::{HasMemIo, Outer, Pump};
 
 /// How the proxy itself is reached.
@@ -145,7 +145,7 @@ impl WebProxy {
         let authority = host_port(host, port);
         let mut req = format!(
             "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: {}\r\n",
-            super::handshake::user_agent()
+            user_agent()
         );
         if let Some(c) = &self.credentials {
             req.push_str("Proxy-Authorization: Basic ");
@@ -179,15 +179,6 @@ impl fmt::Debug for WebProxy {
                 ""
             }
         )
-    }
-}
-
-/// `host:port`, with brackets around an IPv6 address.
-pub(crate) fn host_port(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 

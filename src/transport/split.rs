@@ -7,10 +7,18 @@
 //! swaps out the ciphertext produced so far (including pongs and close replies
 //! the reader queued), releases the state lock and writes, so ciphertext leaves
 //! in the order OpenSSL made it.
+//!
+//! Liveness: the reader gives up when nothing at all arrives for its silence
+//! limit, the writer when a write makes no progress for its stall limit. A
+//! service that stops reading while it keeps sending pings would make the
+//! reader queue pongs without end: past [`REPLY_BACKLOG`] bytes of queued
+//! replies the reader stops reading until the writer has sent them, so the
+//! service's own sends block too and memory stays flat.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use openssl::ssl::SslStream;
@@ -27,8 +35,20 @@ pub(crate) struct State {
     pub(crate) ws: WebSocket<SslStream<MemIo>>,
 }
 
+/// Ciphertext of replies (pongs, close) the reader may leave queued for the
+/// writer before it stops reading.
+pub const REPLY_BACKLOG: usize = 64 * 1024;
+/// How long the reader waits for the writer when no stall limit is set.
+const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
+
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Signalled when the writer took the queued ciphertext, or ended.
+    drained: Condvar,
+    /// The reader waits on `drained` (so the writer knows to signal).
+    reader_waiting: AtomicBool,
+    /// The writer is gone: nobody will drain the queue any more.
+    writer_gone: AtomicBool,
     /// The socket, for writing (by the writer only) and shutting down.
     sock: Arc<TcpStream>,
     /// Held around "swap out ciphertext + write it".
@@ -47,6 +67,9 @@ pub(crate) fn split(
 ) -> (WsReader, WsWriter) {
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
+        drained: Condvar::new(),
+        reader_waiting: AtomicBool::new(false),
+        writer_gone: AtomicBool::new(false),
         sock,
         write_lock: Mutex::new(()),
     });
@@ -55,11 +78,13 @@ pub(crate) fn split(
             shared: shared.clone(),
             sock: read_sock,
             buf: vec![0; 64 * 1024],
+            silence: None,
         },
         WsWriter {
             shared,
             max_frame_size,
             ciphertext: Vec::new(),
+            stall: None,
         },
     )
 }
@@ -83,6 +108,8 @@ pub struct WsReader {
     shared: Arc<Shared>,
     sock: TcpStream,
     buf: Vec<u8>,
+    /// Nothing received for this long ends the connection.
+    silence: Option<Duration>,
 }
 
 impl std::fmt::Debug for WsReader {
@@ -99,7 +126,8 @@ impl WsReader {
     pub fn read(&mut self) -> Result<Incoming, TransportError> {
         loop {
             {
-                let mut st = lock(&self.shared.state)?;
+                let st = lock(&self.shared.state)?;
+                let mut st = self.wait_drained(st)?;
                 match st.ws.read() {
                     Ok(msg) => return convert(&mut st, msg),
                     Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -109,6 +137,11 @@ impl WsReader {
             let n = match self.sock.read(&mut self.buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_timeout(&e) => {
+                    return Err(TransportError::Silent {
+                        after: self.silence.unwrap_or_default(),
+                    })
+                }
                 Err(e) => return Err(TransportError::Io(e)),
             };
             log::trace!("tunnel socket: read {n} bytes");
@@ -123,12 +156,47 @@ impl WsReader {
         }
     }
 
-    /// A timeout for the blocking socket read (`None`: wait forever). When it
-    /// elapses, [`WsReader::read`] returns `Io` with kind `WouldBlock` or
-    /// `TimedOut` and may be called again.
-    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(timeout)
+    /// Waits while the replies queued for the writer exceed
+    /// [`REPLY_BACKLOG`]; the state lock is released meanwhile.
+    fn wait_drained<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+    ) -> Result<MutexGuard<'a, State>, TransportError> {
+        let limit = self.silence.unwrap_or(DEFAULT_DRAIN_WAIT);
+        while st.ws.get_ref().get_ref().outbound_len() > REPLY_BACKLOG {
+            if self.shared.writer_gone.load(Ordering::SeqCst) {
+                return Err(TransportError::Eof);
+            }
+            self.shared.reader_waiting.store(true, Ordering::SeqCst);
+            let (guard, waited) = self
+                .shared
+                .drained
+                .wait_timeout(st, limit)
+                .map_err(|_| TransportError::Poisoned)?;
+            st = guard;
+            self.shared.reader_waiting.store(false, Ordering::SeqCst);
+            if waited.timed_out() {
+                return Err(TransportError::WriteStalled { after: limit });
+            }
+        }
+        Ok(st)
     }
+
+    /// Ends [`WsReader::read`] with [`TransportError::Silent`] when nothing
+    /// at all arrives for `limit` (`None`: wait forever).
+    pub fn set_silence_limit(&mut self, limit: Option<Duration>) -> io::Result<()> {
+        self.silence = limit;
+        self.sock.set_read_timeout(limit)
+    }
+}
+
+/// Whether a socket error is a timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` report
+/// `WouldBlock` on Unix).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 fn convert(st: &mut State, msg: Message) -> Result<Incoming, TransportError> {
@@ -170,6 +238,15 @@ pub struct WsWriter {
     /// Ciphertext being written; its allocation is swapped with the TLS
     /// layer's on every message.
     ciphertext: Vec<u8>,
+    /// A write without progress for this long ends the connection.
+    stall: Option<Duration>,
+}
+
+impl Drop for WsWriter {
+    fn drop(&mut self) {
+        self.shared.writer_gone.store(true, Ordering::SeqCst);
+        self.shared.drained.notify_all();
+    }
 }
 
 impl std::fmt::Debug for WsWriter {
@@ -195,11 +272,19 @@ impl WsWriter {
                 st.ws.get_mut().get_mut(),
                 &mut self.ciphertext,
             )?;
+            if self.shared.reader_waiting.load(Ordering::SeqCst) {
+                self.shared.drained.notify_all();
+            }
             r?;
         }
         if !self.ciphertext.is_empty() {
             log::trace!("tunnel socket: write {} bytes", self.ciphertext.len());
-            (&*self.shared.sock).write_all(&self.ciphertext)?;
+            if let Err(e) = (&*self.shared.sock).write_all(&self.ciphertext) {
+                return Err(match self.stall {
+                    Some(after) if is_timeout(&e) => TransportError::WriteStalled { after },
+                    _ => TransportError::Io(e),
+                });
+            }
         }
         Ok(())
     }
@@ -262,11 +347,13 @@ impl WsWriter {
         })
     }
 
-    /// A timeout for socket writes (`None`: block until the peer reads). When
-    /// it elapses the send fails with `Io`; the connection must then be
-    /// dropped, since part of a frame may have been written.
-    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.shared.sock.set_write_timeout(timeout)
+    /// Ends a send with [`TransportError::WriteStalled`] when the socket
+    /// accepts nothing for `limit` (`None`: block until the peer reads); the
+    /// connection must then be dropped, since part of a frame may have been
+    /// written.
+    pub fn set_stall_limit(&mut self, limit: Option<Duration>) -> io::Result<()> {
+        self.stall = limit;
+        self.shared.sock.set_write_timeout(limit)
     }
 
     /// A handle that shuts the socket down, from any thread.

@@ -837,7 +837,7 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
         "destination",
     );
     dest.stderr.wait_for(
-        "Connected to the tunneling service",
+        "Successfully established websocket connection with proxy server",
         Duration::from_secs(30),
     );
     let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "source");

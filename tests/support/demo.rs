@@ -73,7 +73,7 @@ fn main() {
         "destination",
     );
     dest.stderr.wait_for(
-        "Connected to the tunneling service",
+        "Successfully established websocket connection with proxy server",
         Duration::from_secs(20),
     );
     println!("   destination localproxy connected (pid {})", dest.pid());

@@ -1,0 +1,168 @@
+//! Destination side: connecting to a local service for each connection the
+//! peer opens, with the configured retries, then running the connection.
+//!
+//! The connection's thread connects, then becomes its write half (the read
+//! half gets a thread of its own). Data the peer sends while it connects
+//! waits in the connection's bounded queue; a reset from the peer meanwhile
+//! means "no more data", so what was queued is still delivered: the thread
+//! connects, writes it all, then closes. With nothing queued it gives up at
+//! once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use super::machine::Open;
+use super::writer::Link;
+use super::Shared;
+use crate::config::DestinationAddr;
+use crate::tcp::{self, Closer, Conn, ConnStats, LocalStream, ReadHalf, WriteHalf};
+
+/// Starts the thread that connects `open` and runs it. When no thread can
+/// be started the connection is reset at once.
+pub(super) fn spawn(
+    shared: &Arc<Shared>,
+    link: &Link,
+    open: Open,
+    rx: Receiver<Vec<u8>>,
+    closer: Arc<Closer>,
+) {
+    let key = open.key;
+    let (me, link2) = (shared.clone(), link.clone());
+    let spawned = std::thread::Builder::new()
+        .name("local-connect".into())
+        .stack_size(tcp::CONNECTION_THREAD_STACK)
+        .spawn(move || connect(&me, &link2, open, rx, &closer));
+    if let Err(e) = spawned {
+        log::error!("Cannot start a connection thread: {e}; resetting the connection");
+        let frame = shared.lock().machine.connect_failed(&key);
+        if let Some(frame) = frame {
+            link.send_control(frame);
+        }
+    }
+}
+
+/// The reference's line for a connected local service, with the ids.
+fn log_connected(addr: &DestinationAddr, what: &str) {
+    match addr {
+        DestinationAddr::Tcp { host, port } => {
+            log::info!("Connected to {host}, port: {port} ({what})")
+        }
+        DestinationAddr::Unix(path) => {
+            log::info!("Connected to Unix socket: {} ({what})", path.display())
+        }
+    }
+}
+
+fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>, closer: &Closer) {
+    let Open {
+        key,
+        ids,
+        addr,
+        label,
+        slot,
+    } = open;
+    let s = &shared.config.settings;
+    // connection_retry_count is -1..=i64::MAX: at least one attempt, and a
+    // huge count means "keep trying", never an overflow.
+    let attempts = u64::try_from(s.tcp_connection_retry_count)
+        .unwrap_or(0)
+        .saturating_add(1);
+    let delay = Duration::from_millis(s.tcp_connection_retry_delay_ms);
+    let bind = shared.config.bind_address.as_deref();
+    let target = tcp::describe(&addr);
+    log::debug!(
+        "Attempting to establish tcp socket connection to: {target} (service {label}, stream {}, \
+         connection {})",
+        key.stream_id,
+        key.conn_id
+    );
+    let mut first: Option<Vec<u8>> = None;
+    let mut attempt: u64 = 0;
+    let stream = loop {
+        attempt += 1;
+        if first.is_none() {
+            match rx.try_recv() {
+                Ok(chunk) => first = Some(chunk),
+                // Closed from the tunnel side with nothing to deliver.
+                Err(TryRecvError::Disconnected) => {
+                    log::debug!(
+                        "Stream {} connection {} closed before it connected: not connecting",
+                        key.stream_id,
+                        key.conn_id
+                    );
+                    return;
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        match tcp::connect_once(&addr, bind) {
+            Ok(stream) => break stream,
+            Err(e) if attempt < attempts => {
+                log::warn!(
+                    "Cannot connect to {target} for service {label} (attempt {attempt} of \
+                     {attempts}): {e}; retrying in {delay:?}"
+                );
+                std::thread::sleep(delay);
+            }
+            Err(e) => {
+                log::warn!(
+                    "Cannot connect to {target} for service {label}: {e}; resetting stream {} \
+                     connection {}",
+                    key.stream_id,
+                    key.conn_id
+                );
+                let frame = shared.lock().machine.connect_failed(&key);
+                if let Some(frame) = frame {
+                    link.send_control(frame);
+                }
+                return;
+            }
+        }
+    };
+    let what = format!(
+        "service {label}, stream {}, connection {}",
+        key.stream_id, key.conn_id
+    );
+    log_connected(&addr, &what);
+    let stream = Arc::new(stream);
+    closer.set(stream.clone());
+    let remote = match &*stream {
+        LocalStream::Tcp(_) => stream.peer(),
+        LocalStream::Unix(_) => target.clone(),
+    };
+    let stats = ConnStats::new(what, remote, Box::new(slot));
+    let fail = |e: std::io::Error| {
+        log::error!("Cannot start local connection to {target}: {e}; resetting it");
+        let frame = shared.lock().machine.connect_failed(&key);
+        if let Some(frame) = frame {
+            link.send_control(frame);
+        }
+    };
+    let conn = match Conn::new(stream, stats) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let (me, data) = (shared.clone(), link.data.clone());
+    let read = ReadHalf {
+        to_tunnel: link.data.clone(),
+        ids,
+        read_size: shared.read_size(),
+        on_closed: Box::new(move || {
+            // Sent on the data channel, after the connection's last DATA.
+            let frame = me.lock().machine.local_closed(&key);
+            if let Some(frame) = frame {
+                let _ = data.send(frame);
+            }
+        }),
+    };
+    if let Err(e) = conn.spawn_read(read) {
+        return fail(e);
+    }
+    conn.run_write(WriteHalf {
+        from_tunnel: rx,
+        first,
+        on_silence: None,
+    });
+}

@@ -1,0 +1,179 @@
+//! Source side: the listeners, and each accepted local connection opened as
+//! a stream (or a connection of the current V3 stream) on the tunnel.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::machine::{ListenOn, Refused};
+use super::{LocalConn, RunError, Shared};
+use crate::streams::{Opening, Refusal};
+use crate::tcp::{self, Conn, ConnStats, LocalStream, ReadHalf, WriteHalf};
+
+/// Binds every listener first (a port that is taken is a setup error), then
+/// starts one accept thread per listener.
+pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunError> {
+    let host = shared
+        .config
+        .bind_address
+        .clone()
+        .unwrap_or_else(|| shared.config.settings.default_bind_address.clone());
+    let mut listeners = Vec::new();
+    for spec in on {
+        let l = tcp::bind_listener(&host, spec.port).map_err(|source| RunError::Listen {
+            address: crate::transport::host_port(&host, spec.port),
+            service: spec.label.clone(),
+            source,
+        })?;
+        listeners.push((spec, l));
+    }
+    for (spec, l) in listeners {
+        let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+        log::info!(
+            "Listening for new connection on port {port} for service {}",
+            spec.label
+        );
+        let me = shared.clone();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .stack_size(tcp::CONNECTION_THREAD_STACK)
+            .spawn(move || accept_loop(&me, spec.service, &l))
+            .map_err(|source| RunError::Setup {
+                what: "start a listener thread",
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+fn accept_loop(shared: &Arc<Shared>, service: usize, listener: &TcpListener) {
+    for incoming in listener.incoming() {
+        match incoming {
+            Ok(stream) => accept(shared, service, stream),
+            Err(e) => {
+                // Out of descriptors, most likely: wait a little instead of
+                // spinning on the same error.
+                shared.refusal(&format_args!("Accepting a local connection failed: {e}"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A local client connected to a service's port.
+fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let (handle, rx) = LocalConn::new();
+    let closer = handle.closer.clone();
+    let outcome = {
+        let mut st = shared.lock();
+        match st.link.clone() {
+            None => Err(Refused::NotReady),
+            Some(link) => st.machine.accept(service, handle).map(|a| (a, link)),
+        }
+    };
+    let (acc, link) = match outcome {
+        Ok(v) => v,
+        Err(why) => {
+            let _ = stream.shutdown(Shutdown::Both);
+            return match why {
+                Refused::NotReady => shared.refusal(&format_args!(
+                    "Refusing local connection from {peer}: the tunnel is not connected"
+                )),
+                Refused::OverCap { max } => shared.refusal(&format_args!(
+                    "Refusing local connection from {peer}: {max} connections are open \
+                     (tunneling.proxy.tcp.max_active_connections)"
+                )),
+                Refused::Busy(Refusal::Busy { service, version }) => shared.refusal(&format_args!(
+                    "Refusing local connection from {peer} for service {service}: a \
+                         {version:?} destination carries one connection per service and one \
+                         is open (use a V3 destination for more)"
+                )),
+            };
+        }
+    };
+    let key = acc.key;
+    log::info!(
+        "Accepted tcp connection on port {port} from {peer} (service {}, stream {}, \
+         connection {}, {:?})",
+        acc.label,
+        key.stream_id,
+        key.conn_id,
+        acc.opening.message_type()
+    );
+    if link.data.send(acc.frame).is_err() {
+        // The tunnel connection ended meanwhile; its end closed the table.
+        return;
+    }
+    let stream = Arc::new(LocalStream::Tcp(stream));
+    closer.set(stream.clone());
+    let stats = ConnStats::new(
+        format!(
+            "service {}, stream {}, connection {}",
+            acc.label, key.stream_id, key.conn_id
+        ),
+        peer,
+        Box::new(acc.slot),
+    );
+    let give_up = |e: std::io::Error| {
+        log::error!("Cannot start a local connection: {e}; resetting it");
+        let frame = shared.lock().machine.local_closed(&key);
+        if let Some(frame) = frame {
+            let _ = link.data.send(frame);
+        }
+    };
+    let conn = match Conn::new(stream.clone(), stats) {
+        Ok(c) => c,
+        Err(e) => return give_up(e),
+    };
+    let (me, data) = (shared.clone(), link.data.clone());
+    let read = ReadHalf {
+        to_tunnel: link.data.clone(),
+        ids: acc.ids,
+        read_size: shared.read_size(),
+        on_closed: Box::new(move || {
+            // Sent on the data channel, after the connection's last DATA.
+            let frame = me.lock().machine.local_closed(&key);
+            if let Some(frame) = frame {
+                let _ = data.send(frame);
+            }
+        }),
+    };
+    let timeout = shared.config.settings.tcp_stream_start_timeout_ms;
+    let on_silence = (acc.opening == Opening::StreamStart && timeout > 0).then(|| {
+        let (me, link) = (shared.clone(), link.clone());
+        let after = Duration::from_millis(timeout);
+        let cb: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let given_up = me.lock().machine.unanswered(&key);
+            if let Some((conns, frame)) = given_up {
+                me.dropped(&format_args!(
+                    "No answer from the destination for stream {} within {after:?} of its \
+                     STREAM_START (lost while the destination was away?): resetting it and \
+                     closing its {} connection(s)",
+                    key.stream_id,
+                    conns.len()
+                ));
+                drop(conns);
+                link.send_control(frame);
+            }
+        });
+        (after, cb)
+    });
+    if let Err(e) = conn.spawn_read(read) {
+        return give_up(e);
+    }
+    let write = WriteHalf {
+        from_tunnel: rx,
+        first: None,
+        on_silence,
+    };
+    if let Err(e) = conn.spawn_write(write) {
+        // The read half runs: end it through the socket.
+        stream.shutdown(Shutdown::Both);
+        give_up(e);
+    }
+}
