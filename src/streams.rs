@@ -139,6 +139,18 @@ pub struct Duplicate<C>(pub C);
 struct Entry<C> {
     serial: u64,
     handle: C,
+    /// Something came from the peer for this connection.
+    answered: bool,
+}
+
+impl<C> Entry<C> {
+    fn new(serial: u64, handle: C) -> Self {
+        Entry {
+            serial,
+            handle,
+            answered: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -270,7 +282,7 @@ impl<C> Table<C> {
             if let Some(st) = svc.stream.as_mut() {
                 let conn_id = st.next_conn_id;
                 st.next_conn_id = st.next_conn_id.wrapping_add(1).max(1);
-                st.conns.insert(conn_id, Entry { serial, handle });
+                st.conns.insert(conn_id, Entry::new(serial, handle));
                 let key = ConnKey {
                     service,
                     stream_id: st.id,
@@ -292,7 +304,7 @@ impl<C> Table<C> {
         };
         let id = self.fresh_stream_id();
         let mut conns = BTreeMap::new();
-        conns.insert(1, Entry { serial, handle });
+        conns.insert(1, Entry::new(serial, handle));
         let st = Stream {
             id,
             wire_service_id,
@@ -382,7 +394,7 @@ impl<C> Table<C> {
         let serial = self.fresh_serial();
         let conn_id = connection_id.max(1);
         let mut st = Self::new_stream(stream_id, wire_service_id, connection_id);
-        st.conns.insert(conn_id, Entry { serial, handle });
+        st.conns.insert(conn_id, Entry::new(serial, handle));
         let ids = st.ids(conn_id);
         let old = self.services[service].stream.replace(st);
         let key = ConnKey {
@@ -436,7 +448,7 @@ impl<C> Table<C> {
         if st.conns.contains_key(&conn_id) {
             return Err(Duplicate(handle));
         }
-        st.conns.insert(conn_id, Entry { serial, handle });
+        st.conns.insert(conn_id, Entry::new(serial, handle));
         let key = ConnKey {
             service,
             stream_id: st.id,
@@ -475,7 +487,8 @@ impl<C> Table<C> {
             .filter(|st| st.id == stream_id && stream_id != 0)?;
         st.answered = true;
         let conn_id = connection_id.max(1);
-        let e = st.conns.get(&conn_id)?;
+        let e = st.conns.get_mut(&conn_id)?;
+        e.answered = true;
         let key = ConnKey {
             service,
             stream_id,
@@ -531,13 +544,21 @@ impl<C> Table<C> {
         Some((handle, ids))
     }
 
-    /// Source: when the stream `key` opened has still heard nothing from the
-    /// peer, ends it: returns its connections and the ids for its
-    /// STREAM_RESET. `None` when the peer answered or the stream is gone.
+    /// Source: when connection `key` has still heard nothing from the
+    /// peer, ends it: returns the connections to close and the ids of the
+    /// reset to send. When no connection of its stream heard anything
+    /// either, the whole stream ends (its ids have no connection id), so
+    /// that the next connection starts a fresh one. `None` when the
+    /// connection was answered or is gone.
     pub fn remove_unanswered(&mut self, key: &ConnKey) -> Option<(Vec<C>, WireIds)> {
-        let (svc, _) = self.entry_of(key)?;
-        if svc.stream.as_ref()?.answered {
+        let (svc, conn_id) = self.entry_of(key)?;
+        let st = svc.stream.as_mut()?;
+        if st.conns.get(&conn_id)?.answered {
             return None;
+        }
+        if st.answered && st.version == PeerVersion::V3 {
+            let handle = st.conns.remove(&conn_id)?.handle;
+            return Some((vec![handle], st.ids(conn_id)));
         }
         let st = svc.stream.take()?;
         let ids = st.ids(0);
@@ -713,9 +734,16 @@ mod tests {
         // The next connection starts a fresh stream.
         let (k3, _, op) = t.source_open(0, PeerVersion::V3, "c").expect("opens");
         assert_eq!((op, k3.stream_id), (Opening::StreamStart, 2));
-        // Once the peer sent something for the stream it is answered.
+        // Once the peer sent something for a connection it is answered.
         assert!(data(&mut t, 0, 2, 1).is_some());
         assert!(t.remove_unanswered(&k3).is_none());
+        // A connection of an answered stream that heard nothing itself
+        // (its CONNECTION_START was lost) ends alone.
+        let (k4, _, _) = t.source_open(0, PeerVersion::V3, "d").expect("opens");
+        let (conns, ids) = t.remove_unanswered(&k4).expect("unanswered");
+        assert_eq!(conns, vec!["d"]);
+        assert_eq!((ids.stream_id, ids.connection_id), (2, 2));
+        assert!(t.is_current(0, 2), "the stream stays");
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub struct ConnStats {
     pub to_tunnel: AtomicU64,
     /// Tunnel to local application.
     pub from_tunnel: AtomicU64,
+    /// When the local application first sent something.
+    pub first_sent: OnceLock<Instant>,
     _hold: Box<dyn Send + Sync>,
 }
 
@@ -197,6 +199,7 @@ impl ConnStats {
             started: Instant::now(),
             to_tunnel: AtomicU64::new(0),
             from_tunnel: AtomicU64::new(0),
+            first_sent: OnceLock::new(),
             _hold: hold,
         })
     }
@@ -227,15 +230,19 @@ pub struct ReadHalf {
     pub on_closed: Box<dyn FnOnce() + Send>,
 }
 
+/// See [`WriteHalf::on_silence`].
+pub type SilenceCheck = Box<dyn FnMut() -> Option<Duration> + Send>;
+
 /// What the write half needs.
 pub struct WriteHalf {
     /// Payloads from the tunnel; the senders' drop ends the connection.
     pub from_tunnel: Receiver<Vec<u8>>,
     /// A payload already taken off the channel (while connecting).
     pub first: Option<Vec<u8>>,
-    /// Called when nothing came from the tunnel within the duration since
-    /// the connection started (source: the STREAM_START went unanswered).
-    pub on_silence: Option<(Duration, Box<dyn FnOnce() + Send>)>,
+    /// Watches for a tunnel side that never answers: called when nothing
+    /// came from the tunnel for the duration; returns how much longer to
+    /// wait before calling again, or `None` to stop watching.
+    pub on_silence: Option<(Duration, SilenceCheck)>,
 }
 
 /// A connected local socket and what both halves share.
@@ -309,17 +316,23 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
         }
     }
     let rx = half.from_tunnel;
-    if let Some((after, on_silence)) = half.on_silence {
-        match rx.recv_timeout(after) {
-            Ok(chunk) => {
-                if !write(&mut sock, &chunk) {
-                    return;
+    if let Some((mut after, mut on_silence)) = half.on_silence {
+        loop {
+            match rx.recv_timeout(after) {
+                Ok(chunk) => {
+                    if !write(&mut sock, &chunk) {
+                        return;
+                    }
+                    break;
                 }
+                // When the check gives the connection up, its handle is
+                // dropped and the loop below ends once the queue is empty.
+                Err(RecvTimeoutError::Timeout) => match on_silence() {
+                    Some(more) => after = more,
+                    None => break,
+                },
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-            // When the silence ends the stream, the connection's handle is
-            // dropped and the loop below ends once the queue is empty.
-            Err(RecvTimeoutError::Timeout) => on_silence(),
-            Err(RecvTimeoutError::Disconnected) => return,
         }
     }
     // Ends when the senders are gone and everything queued is written.
@@ -361,7 +374,9 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
             // The tunnel connection is gone; the session closes us.
             break;
         }
-        stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed);
+        if stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed) == 0 {
+            let _ = stats.first_sent.set(Instant::now());
+        }
         if n == buf.len() && buf.len() < full {
             buf = vec![0u8; full];
         }

@@ -80,9 +80,9 @@ pub struct Settings {
     pub tcp_read_buffer_size: usize,
     /// Simultaneous local connections of one tunnel.
     pub tcp_max_active_connections: usize,
-    /// Source: a stream that heard nothing from the destination this long
-    /// after its STREAM_START is given up (0: never).
-    pub tcp_stream_start_timeout_ms: u64,
+    /// Source: a connection whose data got no answer at all from the
+    /// destination this long is reset (0: never).
+    pub tcp_answer_timeout_ms: u64,
     pub ping_period_ms: u64,
     pub retry_delay_ms: u64,
     pub connect_retry_count: i64,
@@ -104,7 +104,7 @@ impl Default for Settings {
             tcp_connection_retry_delay_ms: 2_500,
             tcp_read_buffer_size: 131_076,
             tcp_max_active_connections: 128,
-            tcp_stream_start_timeout_ms: 30_000,
+            tcp_answer_timeout_ms: 30_000,
             ping_period_ms: 20_000,
             retry_delay_ms: 2_500,
             connect_retry_count: -1,

@@ -928,13 +928,21 @@ impl<C: Clone> Machine<C> {
         Some((handle, ids.reset_frame()))
     }
 
-    /// Source: the stream `key` started has heard nothing from the
-    /// destination for too long (its STREAM_START may have been lost): its
-    /// connections and the STREAM_RESET to send, unless it was answered.
+    /// Source: connection `key` sent data and heard nothing back from the
+    /// destination for too long (its start may have been lost while the
+    /// destination was away): the connections to close and the reset to
+    /// send, unless it was answered meanwhile. The whole stream ends when
+    /// none of its connections was ever answered.
     pub fn unanswered(&mut self, key: &ConnKey) -> Option<(Vec<C>, Vec<u8>)> {
         let (conns, ids) = self.table.as_mut()?.remove_unanswered(key)?;
-        self.recent.add(key.service, key.stream_id, 0);
-        Some((conns, ids.frame(MessageType::STREAM_RESET)))
+        self.recent
+            .add(key.service, key.stream_id, ids.connection_id);
+        let frame = if ids.connection_id == 0 {
+            ids.frame(MessageType::STREAM_RESET)
+        } else {
+            ids.frame(MessageType::CONNECTION_RESET)
+        };
+        Some((conns, frame))
     }
 }
 

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::machine::{ListenOn, Refused};
+use super::writer::Link;
 use super::{LocalConn, RunError, Shared};
-use crate::streams::{Opening, Refusal};
-use crate::tcp::{self, Conn, ConnStats, LocalStream, ReadHalf, WriteHalf};
+use crate::streams::{ConnKey, Refusal};
+use crate::tcp::{self, Conn, ConnStats, LocalStream, ReadHalf, SilenceCheck, WriteHalf};
 
 /// Binds every listener first (a port that is taken is a setup error), then
 /// starts one accept thread per listener.
@@ -126,7 +127,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
             let _ = link.data.send(frame);
         }
     };
-    let conn = match Conn::new(stream.clone(), stats) {
+    let conn = match Conn::new(stream.clone(), stats.clone()) {
         Ok(c) => c,
         Err(e) => return give_up(e),
     };
@@ -143,26 +144,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
             }
         }),
     };
-    let timeout = shared.config.settings.tcp_stream_start_timeout_ms;
-    let on_silence = (acc.opening == Opening::StreamStart && timeout > 0).then(|| {
-        let (me, link) = (shared.clone(), link.clone());
-        let after = Duration::from_millis(timeout);
-        let cb: Box<dyn FnOnce() + Send> = Box::new(move || {
-            let given_up = me.lock().machine.unanswered(&key);
-            if let Some((conns, frame)) = given_up {
-                me.dropped(&format_args!(
-                    "No answer from the destination for stream {} within {after:?} of its \
-                     STREAM_START (lost while the destination was away?): resetting it and \
-                     closing its {} connection(s)",
-                    key.stream_id,
-                    conns.len()
-                ));
-                drop(conns);
-                link.send_control(frame);
-            }
-        });
-        (after, cb)
-    });
+    let on_silence = answer_watch(shared, &link, key, &stats);
     if let Err(e) = conn.spawn_read(read) {
         return give_up(e);
     }
@@ -176,4 +158,49 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         stream.shutdown(Shutdown::Both);
         give_up(e);
     }
+}
+
+/// Watches a connection whose data may have gone into the void: when the
+/// local client sent something and nothing at all came back from the
+/// destination within `tcp.answer_timeout_ms`, its start was most likely
+/// lost while the destination was away (the service drops it without a
+/// word): the connection is reset, and its stream too when no connection of
+/// the stream was ever answered, so the next connection starts afresh. An
+/// idle connection (nothing sent) is never cut.
+fn answer_watch(
+    shared: &Arc<Shared>,
+    link: &Link,
+    key: ConnKey,
+    stats: &Arc<ConnStats>,
+) -> Option<(Duration, SilenceCheck)> {
+    let ms = shared.config.settings.tcp_answer_timeout_ms;
+    if ms == 0 {
+        return None;
+    }
+    let limit = Duration::from_millis(ms);
+    let (me, link, stats) = (shared.clone(), link.clone(), stats.clone());
+    let check: SilenceCheck = Box::new(move || {
+        let Some(sent) = stats.first_sent.get() else {
+            return Some(limit);
+        };
+        let waited = sent.elapsed();
+        if waited < limit {
+            return Some(limit - waited);
+        }
+        let given_up = me.lock().machine.unanswered(&key);
+        if let Some((conns, frame)) = given_up {
+            me.dropped(&format_args!(
+                "No answer from the destination for stream {} connection {} within {limit:?} \
+                 of its data (its start was lost while the destination was away?): resetting \
+                 {} connection(s)",
+                key.stream_id,
+                key.conn_id,
+                conns.len()
+            ));
+            drop(conns);
+            link.send_control(frame);
+        }
+        None
+    });
+    Some((limit, check))
 }

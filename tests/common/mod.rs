@@ -472,7 +472,8 @@ pub fn connect(port: u16) -> TcpStream {
 
 /// Deterministic pseudo-random bytes.
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Spread the seed first: `seed | 1` alone made seeds 2k and 2k+1 equal.
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;

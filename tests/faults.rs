@@ -1,0 +1,507 @@
+//! Faults a device meets, end to end with real processes on 127.0.0.1:
+//! the local application down then up, connections that send and close at
+//! once, a flood of connection starts, the connection cap on both sides,
+//! a SERVICE_IDS over the limit, a destination away while the source opens
+//! connections, and the reconnect after a drop.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use localproxy::frame::{encode_frame, message, Message, MessageType};
+
+const SECS_20: Duration = Duration::from_secs(20);
+const CONNECTED: &str = "Successfully established websocket connection with proxy server";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn frame(msg: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(msg, &mut out).expect("encodes");
+    out
+}
+
+/// Calls a LocalTest operation; retries while the service has not
+/// registered the side yet (a proxy logs its connection a moment before).
+fn local_test(service: &Service, op: &str, body: serde_json::Value) {
+    let deadline = Instant::now() + SECS_20;
+    loop {
+        let (status, _, v) = raw::raw_call(&service.api_addr, op, &body.to_string());
+        let waiting = status == 400 && v.to_string().contains("connected to tunnel");
+        if !waiting || Instant::now() >= deadline {
+            assert_eq!(status, 200, "{op}: {v}");
+            return;
+        }
+        thread::sleep(Duration::from_millis(20)); // polling interval
+    }
+}
+
+fn inject(service: &Service, tunnel: &Tunnel, side: &str, bytes: &[u8]) {
+    local_test(
+        service,
+        "LocalTest.Inject",
+        serde_json::json!({"tunnelId": tunnel.id, "side": side, "hexBytes": hex(bytes)}),
+    );
+}
+
+/// A settings file: the fast test settings plus `tcp` and `websocket` extras.
+fn settings(name: &str, tcp: &str, ws: &str) -> std::path::PathBuf {
+    let tcp = if tcp.is_empty() {
+        String::new()
+    } else {
+        format!(",{tcp}")
+    };
+    let ws = if ws.is_empty() {
+        String::new()
+    } else {
+        format!(",{ws}")
+    };
+    settings_file(
+        name,
+        &format!(
+            r#"{{"tunneling":{{"proxy":{{"tcp":{{"connection_retry_count":"1","connection_retry_delay_ms":"100"{tcp}}},"websocket":{{"retry_delay_ms":"200"{ws}}}}}}}}}"#
+        ),
+    )
+}
+
+/// The stream and connection ids of the last connection the source accepted.
+fn last_ids(source: &Proc) -> (i32, u32) {
+    const OPENED: &str = "Accepted tcp connection on port";
+    source.stderr.wait_for(OPENED, SECS_20);
+    let n = source.stderr.count(OPENED);
+    let line = source.stderr.wait_for_nth(OPENED, n, SECS_20);
+    let num = |after: &str| -> u64 {
+        line.split(after)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("no {after:?} in {line:?}"))
+    };
+    (num(", stream ") as i32, num(", connection ") as u32)
+}
+
+/// Sends `data` and reads the same number of bytes back.
+fn round_trip(s: &mut TcpStream, data: &[u8]) {
+    s.write_all(data).expect("write");
+    let mut back = vec![0; data.len()];
+    s.read_exact(&mut back).expect("echo");
+    assert!(back == data, "echo corrupted");
+}
+
+/// Whether the peer closed `s` (EOF or reset) within `limit`; data is
+/// skipped. A read timeout is not a close.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).expect("timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A server that reads each connection to its end and records a digest of
+/// what it received.
+#[derive(Clone, Default)]
+struct Sink(Arc<(Mutex<Vec<[u8; 32]>>, Condvar)>);
+
+impl Sink {
+    fn start() -> (Sink, u16) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+        let port = l.local_addr().expect("addr").port();
+        let sink = Sink::default();
+        let me = sink.clone();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let me = me.clone();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let _ = s.read_to_end(&mut got);
+                    let (lock, cv) = &*me.0;
+                    lock.lock().expect("sink").push(sha256(&got));
+                    cv.notify_all();
+                });
+            }
+        });
+        (sink, port)
+    }
+
+    /// Waits until `n` connections ended; returns their digests.
+    fn wait(&self, n: usize, limit: Duration) -> Vec<[u8; 32]> {
+        let (lock, cv) = &*self.0;
+        let deadline = Instant::now() + limit;
+        let mut got = lock.lock().expect("sink");
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{} of {n} connections reached the application",
+                got.len()
+            );
+            got = cv.wait_timeout(got, left).expect("sink wait").0;
+        }
+        got.clone()
+    }
+}
+
+/// A free port on 127.0.0.1 with nothing listening on it.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn app_down_then_up_resets_the_stream_and_later_connections_reach_the_app() {
+    let _w = watchdog("app_down", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let app_port = free_port();
+    let map = format!("SSH1={app_port}");
+    let mut dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    // Nothing listens: after the retries the source's client is closed.
+    let started = Instant::now();
+    let mut first = connect(port);
+    first.write_all(b"hello?").expect("write");
+    assert!(
+        closed_within(&mut first, Duration::from_secs(10)),
+        "the stream is reset when the application cannot be reached"
+    );
+    dest.stderr.wait_for("Cannot connect to", SECS_20);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The application comes up: a later connection reaches it.
+    let app = TcpListener::bind(("127.0.0.1", app_port)).expect("rebind the app port");
+    thread::spawn(move || {
+        for s in app.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut r = s.try_clone().expect("clone");
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    echo_eventually(port, 3, 64 * 1024, SECS_20);
+    // And the destination still stops promptly.
+    let stopping = Instant::now();
+    dest.signal(libc::SIGTERM);
+    assert_eq!(dest.wait_exit(SECS_20), 0);
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "SIGTERM took {:?}",
+        stopping.elapsed()
+    );
+}
+
+/// 100 connections that each send 128 KiB and close at once, `burst` at a
+/// time: every byte reaches the application.
+fn short_connections(tag: &str, src_extra: &[&str], burst: usize) {
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let (sink, sink_port) = Sink::start();
+    let map = format!("SSH1={sink_port}");
+    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
+    let mut args = vec!["-m", "source"];
+    args.extend_from_slice(src_extra);
+    let source = proxy(&service, &tunnel.source_token, &args, "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    let mut expected = BTreeSet::new();
+    let mut closed = 0;
+    for round in 0..100 / burst {
+        let mut threads = Vec::new();
+        for i in 0..burst {
+            let seed = (round * burst + i) as u64;
+            let data = random_bytes(seed + 1000, 128 * 1024);
+            expected.insert(sha256(&data));
+            threads.push(thread::spawn(move || {
+                let mut s = connect(port);
+                s.write_all(&data).expect("write");
+                // Close at once, both ways.
+                drop(s);
+            }));
+        }
+        for t in threads {
+            t.join().expect("client");
+        }
+        // A V1/V2 destination carries one connection at a time: the next
+        // one waits until the source is done with this one.
+        closed += burst;
+        if burst == 1 {
+            source
+                .stderr
+                .wait_for_nth("Disconnected from", closed, SECS_20);
+        }
+    }
+    let got: BTreeSet<_> = sink
+        .wait(100, Duration::from_secs(60))
+        .into_iter()
+        .collect();
+    assert_eq!(got.len(), 100, "{tag}: every connection arrived once");
+    assert!(got == expected, "{tag}: data lost or corrupted");
+}
+
+#[test]
+fn short_connections_deliver_every_byte_v3() {
+    let _w = watchdog("short_v3", Duration::from_secs(120));
+    short_connections("V3", &[], 4);
+}
+
+#[test]
+fn short_connections_deliver_every_byte_v2() {
+    let _w = watchdog("short_v2", Duration::from_secs(120));
+    short_connections("V2", &["-y", "V2"], 1);
+}
+
+#[test]
+fn a_connection_start_flood_stays_under_the_cap() {
+    let _w = watchdog("flood", Duration::from_secs(90));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let map = format!("SSH1={echo}");
+    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    let mut open = connect(port);
+    round_trip(&mut open, b"first");
+    let (stream, _) = last_ids(&source);
+    let base = fds_and_threads(dest.pid());
+    let mut flood = Vec::new();
+    for i in 0..3000u32 {
+        flood.extend(frame(&message(
+            MessageType::CONNECTION_START,
+            stream,
+            "SSH1",
+            1000 + i,
+            b"",
+        )));
+    }
+    inject(&service, &tunnel, "destination", &flood);
+    dest.stderr.wait_for("Refusing CONNECTION_START", SECS_20);
+    // The cap (128) holds: one descriptor and two threads per connection.
+    let (mut max_fds, mut max_threads) = base;
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        let (f, t) = fds_and_threads(dest.pid());
+        max_fds = max_fds.max(f);
+        max_threads = max_threads.max(t);
+        thread::sleep(Duration::from_millis(20)); // sampling period
+    }
+    assert!(
+        max_fds <= base.0 + 128 + 4,
+        "descriptors {base:?} -> {max_fds}"
+    );
+    assert!(
+        max_threads <= base.1 + 2 * 128 + 4,
+        "threads {base:?} -> {max_threads}"
+    );
+    // Refusals are logged a few at a time, not 2,873 lines.
+    assert!(
+        dest.stderr.count("Refusing CONNECTION_START") <= 10,
+        "{} refusal lines",
+        dest.stderr.count("Refusing CONNECTION_START")
+    );
+    // The first connection still works.
+    round_trip(&mut open, &random_bytes(5, 100_000));
+}
+
+#[test]
+fn a_source_refuses_local_connections_beyond_the_cap() {
+    let _w = watchdog("source_cap", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let map = format!("SSH1={echo}");
+    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
+    let capped = settings("cap3", r#""max_active_connections":"3""#, "");
+    let source = proxy_with(
+        service.port(),
+        Some(&service.ca_dir),
+        &tunnel.source_token,
+        &["-m", "source"],
+        "src",
+        &[],
+        &capped,
+    );
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = connect(port);
+            round_trip(&mut s, format!("held {i}").as_bytes());
+            s
+        })
+        .collect();
+    let mut extra = connect(port);
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(5)),
+        "a fourth connection is refused"
+    );
+    source.stderr.wait_for("max_active_connections", SECS_20);
+    for s in &mut held {
+        round_trip(s, b"still here");
+    }
+    // One closes: there is room again.
+    let gone = held.pop().expect("held");
+    let _ = gone.shutdown(Shutdown::Both);
+    drop(gone);
+    echo_eventually(port, 4, 1024, SECS_20);
+}
+
+#[test]
+fn too_many_service_ids_are_a_protocol_error_and_the_proxy_reconnects() {
+    let _w = watchdog("service_ids", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let map = format!("SSH1={echo}");
+    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    echo_eventually(port, 1, 1024, SECS_20);
+    let n = source.stderr.count(CONNECTED);
+    let mut ids = message(MessageType::SERVICE_IDS, 0, "", 0, b"");
+    ids.availableServiceIds = ["A", "B", "C", "D", "E"]
+        .iter()
+        .map(|s| std::borrow::Cow::Borrowed(*s))
+        .collect();
+    inject(&service, &tunnel, "source", &frame(&ids));
+    let line = source.stderr.wait_for(
+        "SERVICE_IDS lists 5 services; a tunnel has at most 3",
+        SECS_20,
+    );
+    assert!(line.contains("WARN"), "{line}");
+    source.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
+    echo_eventually(port, 2, 1024, SECS_20);
+}
+
+#[test]
+fn a_destination_away_while_connections_start_strands_no_service() {
+    let _w = watchdog("away", Duration::from_secs(90));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1", "WEB"]);
+    let (ssh, web) = (echo_server(), echo_server());
+    let map = format!("SSH1={ssh},WEB={web}");
+    let client_token = "away-test-client-token-0123456789abcdef";
+    let dest_args = ["-d", &map, "-i", client_token];
+    let mut dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst");
+    let answer = settings("away", r#""answer_timeout_ms":"2000""#, "");
+    let source = proxy_with(
+        service.port(),
+        Some(&service.ca_dir),
+        &tunnel.source_token,
+        &["-m", "source"],
+        "src",
+        &[],
+        &answer,
+    );
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let ports = [
+        listening_port(&source, "SSH1"),
+        listening_port(&source, "WEB"),
+    ];
+    for (i, p) in ports.iter().enumerate() {
+        echo_eventually(*p, i as u64, 1024, SECS_20);
+    }
+    // The destination goes away (a crash); the source opens connections
+    // whose starts the service drops, and sends on them.
+    dest.child.kill().expect("kill");
+    dest.child.wait().expect("wait");
+    let mut stranded = Vec::new();
+    for p in ports {
+        for _ in 0..2 {
+            let mut s = connect(p);
+            s.write_all(b"anyone there?").expect("write");
+            stranded.push(s);
+        }
+    }
+    // Back with the same tokens.
+    let dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst2");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let back = Instant::now();
+    for (i, p) in ports.iter().enumerate() {
+        for round in 0..3 {
+            let attempts = echo_eventually(*p, 10 + 3 * i as u64 + round, 4096, SECS_20);
+            assert_eq!(
+                attempts, 1,
+                "service {i}: a connection after the return failed"
+            );
+        }
+    }
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "later connections took {:?}",
+        back.elapsed()
+    );
+    // The connections opened during the gap do not hang for ever.
+    for s in &mut stranded {
+        assert!(
+            closed_within(s, Duration::from_secs(10)),
+            "a connection opened while the destination was away hangs"
+        );
+    }
+}
+
+#[test]
+fn the_first_reconnect_after_a_drop_is_immediate() {
+    let _w = watchdog("reconnect_now", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let map = format!("SSH1={echo}");
+    // A long retry delay: only an immediate reconnect is fast.
+    let slow = settings("slow_retry", "", r#""retry_delay_ms":"5000""#);
+    let dest = proxy_with(
+        service.port(),
+        Some(&service.ca_dir),
+        &tunnel.destination_token,
+        &["-d", &map],
+        "dst",
+        &[],
+        &slow,
+    );
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    echo_eventually(port, 1, 1024, SECS_20);
+    let n = dest.stderr.count(CONNECTED);
+    let dropped = Instant::now();
+    local_test(
+        &service,
+        "LocalTest.Drop",
+        serde_json::json!({"tunnelId": tunnel.id, "side": "destination"}),
+    );
+    dest.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
+    let took = dropped.elapsed();
+    assert!(took < Duration::from_secs(2), "reconnected after {took:?}");
+    dest.stderr.wait_for("reconnecting now", SECS_20);
+    echo_eventually(port, 2, 1024, SECS_20);
+}
