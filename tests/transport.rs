@@ -650,6 +650,57 @@ fn silence_past_the_limit_is_reported_and_the_reader_can_go_on() {
     });
 }
 
+/// A service that stops reading while it floods pings: the writer gives up
+/// at its stall limit, and the reader (which stops reading once its pongs
+/// back up) ends with it instead of queueing pongs without end.
+#[test]
+fn a_service_that_stops_reading_while_pinging_ends_both_halves() {
+    with_deadline(30, || {
+        let (port, _seen) = spawn_ws_server(|mut ws| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if ws.write(Message::Ping(b"p".to_vec())).is_err() || ws.flush().is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut r, mut w) = Client::new(port).connect().unwrap().split();
+        let limit = Duration::from_millis(1500);
+        r.set_silence_limit(Some(limit)).unwrap();
+        w.set_stall_limit(Some(limit)).unwrap();
+        let reader = thread::spawn(move || loop {
+            match r.read() {
+                Ok(Incoming::Ping) => {}
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => return e,
+            }
+        });
+        let started = Instant::now();
+        let payload = vec![7u8; 64 * 1024];
+        let err = loop {
+            if let Err(e) = w.send_binary(&payload) {
+                break e;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "writes never stalled"
+            );
+        };
+        assert!(
+            matches!(err, TransportError::WriteStalled { after } if after == limit),
+            "{err:?}"
+        );
+        drop(w);
+        let ended = Instant::now();
+        let reader_err = reader.join().expect("reader");
+        assert!(
+            ended.elapsed() < Duration::from_secs(5),
+            "the reader went on for {:?}: {reader_err:?}",
+            ended.elapsed()
+        );
+    });
+}
+
 // ---- web proxies ----
 
 /// Reads an HTTP request head byte by byte (so nothing past it is consumed).
