@@ -22,8 +22,9 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::http::{read_head, write_response, HeadError, RequestHead};
-use super::tunnels::{ApiError, OpenParams, Out, Registry, Side};
+use crate::http::{read_head, write_response, HeadError, RequestHead};
+use crate::side::Side;
+use crate::tunnels::{ApiError, OpenParams, Out, Registry};
 
 /// Largest request head and body the API reads.
 const MAX_HEAD: usize = 64 * 1024;
@@ -129,7 +130,7 @@ pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
                     200,
                     &[
                         ("Content-Type", CONTENT_TYPE),
-                        ("x-amzn-RequestId", &super::random_hex(16)),
+                        ("x-amzn-RequestId", &request_id()),
                         ("Connection", if close { "close" } else { "keep-alive" }),
                     ],
                     body.as_bytes(),
@@ -146,6 +147,11 @@ pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
     }
 }
 
+/// A request id for `x-amzn-RequestId` (uniqueness is all it needs).
+fn request_id() -> String {
+    localproxy::secret::random_hex(16).unwrap_or_else(|_| "0".repeat(32))
+}
+
 fn respond_error<W: Write>(
     w: &mut W,
     status: u16,
@@ -160,7 +166,7 @@ fn respond_error<W: Write>(
         &[
             ("Content-Type", CONTENT_TYPE),
             ("x-amzn-ErrorType", kind),
-            ("x-amzn-RequestId", &super::random_hex(16)),
+            ("x-amzn-RequestId", &request_id()),
             ("Connection", if close { "close" } else { "keep-alive" }),
         ],
         body.as_bytes(),
@@ -383,7 +389,7 @@ fn open_tunnel(registry: &Registry, o: &Map<String, Value>) -> Result<Value, Api
             p.lifetime_minutes = m;
         }
     }
-    let t = registry.open(p);
+    let t = registry.open(p)?;
     Ok(json!({
         "tunnelId": t.tunnel_id,
         "tunnelArn": t.tunnel_arn,
@@ -421,7 +427,7 @@ fn rotate(registry: &Registry, o: &Map<String, Value>) -> Result<Value, ApiError
     let sides: &[Side] = match mode {
         "SOURCE" => &[Side::Source],
         "DESTINATION" => &[Side::Destination],
-        "ALL" => &[Side::Source, Side::Destination],
+        "ALL" => &Side::BOTH,
         m => {
             return Err(ApiError::invalid(format!(
                 "clientMode {m:?} is not SOURCE, DESTINATION or ALL"

@@ -54,7 +54,7 @@ pub fn call(api: &str, target: &str, body: &Value) -> Result<Value, ClientError>
     let body = body.to_string();
     let req = format!(
         "POST / HTTP/1.1\r\nHost: {api}\r\nX-Amz-Target: {target}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        super::api::CONTENT_TYPE,
+        crate::api::CONTENT_TYPE,
         body.len()
     );
     tcp.write_all(req.as_bytes())

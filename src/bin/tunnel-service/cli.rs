@@ -9,10 +9,10 @@ use std::time::Duration;
 use gumdrop::Options as _;
 use serde_json::{json, Value};
 
-use super::client::call;
-use super::faults::Faults;
-use super::tunnels::Side;
-use super::{Options, Service, TlsSource};
+use crate::client::call;
+use crate::faults::Faults;
+use crate::service::{Options, Service, TlsSource};
+use crate::side::Side;
 
 /// The long help, printed by `--help`.
 pub const HELP: &str = "\
@@ -362,15 +362,7 @@ fn rotate(o: RotateOpts) -> Result<String, String> {
 }
 
 fn serve(o: ServeOpts) -> i32 {
-    let level = match o.verbose.unwrap_or(4) {
-        0 => log::LevelFilter::Off,
-        1 | 2 => log::LevelFilter::Error,
-        3 => log::LevelFilter::Warn,
-        4 => log::LevelFilter::Info,
-        5 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    env_logger::Builder::new().filter_level(level).init();
+    localproxy::logging::init(o.verbose.unwrap_or(4));
     let parse_addr = |s: &str, what: &str| -> Result<SocketAddr, String> {
         s.parse().map_err(|e| format!("{what} {s:?}: {e}"))
     };

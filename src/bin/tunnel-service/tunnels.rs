@@ -2,7 +2,6 @@
 //! streams seen on each tunnel, behind one mutex shared by both planes.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,13 +11,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
-use crate::frame::{encode_frame, message, MessageType};
-use crate::protocol::{CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED};
-use crate::secret::Secret;
+use localproxy::frame::{encode_frame, message, MessageType};
+use localproxy::protocol::{CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED};
+use localproxy::secret::{fill_random, Secret};
 
-use super::faults::Faults;
-use super::random_token;
-use super::state;
+use crate::faults::Faults;
+use crate::side::Side;
+use crate::state;
 
 /// Close reason sent when the tunnel is closed through the API.
 pub const CLOSE_REASON_TUNNEL_CLOSED: &str = "tunnel closed";
@@ -26,56 +25,6 @@ pub const CLOSE_REASON_TUNNEL_CLOSED: &str = "tunnel closed";
 pub const CLOSE_REASON_TUNNEL_EXPIRED: &str = "tunnel expired";
 /// Close reason sent when the connection's access token was rotated.
 pub const CLOSE_REASON_ROTATED: &str = "access token rotated";
-
-/// Which end of a tunnel a client is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
-impl Side {
-    /// Index into per-side arrays.
-    pub fn index(self) -> usize {
-        match self {
-            Side::Source => 0,
-            Side::Destination => 1,
-        }
-    }
-
-    /// The other end.
-    pub fn peer(self) -> Side {
-        match self {
-            Side::Source => Side::Destination,
-            Side::Destination => Side::Source,
-        }
-    }
-
-    /// The `local-proxy-mode` value of this side.
-    pub fn mode(self) -> &'static str {
-        match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        }
-    }
-
-    /// Parses `source` / `destination` (any case).
-    pub fn parse(s: &str) -> Option<Side> {
-        if s.eq_ignore_ascii_case("source") {
-            Some(Side::Source)
-        } else if s.eq_ignore_ascii_case("destination") {
-            Some(Side::Destination)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.mode())
-    }
-}
 
 /// What a connection's relay thread is asked to do.
 #[derive(Debug)]
@@ -156,7 +105,6 @@ impl Drop for Waker {
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: u64,
-    pub channel_id: String,
     tx: Sender<Out>,
     waker: Arc<Waker>,
     /// Bytes queued toward this client and not yet written (backpressure).
@@ -165,10 +113,9 @@ pub struct ConnHandle {
 
 impl ConnHandle {
     /// A handle over a relay thread's queue and waker.
-    pub fn new(id: u64, channel_id: String, tx: Sender<Out>, waker: Arc<Waker>) -> Self {
+    pub fn new(id: u64, tx: Sender<Out>, waker: Arc<Waker>) -> Self {
         ConnHandle {
             id,
-            channel_id,
             tx,
             waker,
             queued: Arc::new(AtomicUsize::new(0)),
@@ -221,6 +168,13 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// The service cannot do its part (no randomness for a token).
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: "InternalServerException",
+            message: message.into(),
+        }
+    }
 }
 
 struct SideState {
@@ -236,9 +190,9 @@ struct SideState {
 }
 
 impl SideState {
-    fn new(now: f64) -> Self {
+    fn new(token: Secret, now: f64) -> Self {
         SideState {
-            token: Secret::new(random_token()),
+            token,
             spent: false,
             client_token: None,
             conn: None,
@@ -412,7 +366,7 @@ impl Tunnel {
         self.open = false;
         self.last_updated_at = now;
         self.streams.clear();
-        for side in [Side::Source, Side::Destination] {
+        for side in Side::BOTH {
             if let Some(conn) = self.sides[side.index()].conn.take() {
                 conn.send(Out::Close {
                     code: CLOSE_NORMAL,
@@ -541,7 +495,7 @@ impl Registry {
                         ),
                     ));
                 };
-                for (i, side) in [Side::Source, Side::Destination].into_iter().enumerate() {
+                for (i, side) in Side::BOTH.into_iter().enumerate() {
                     g.tokens
                         .insert(t.sides[i].token.expose().to_string(), (t.id.clone(), side));
                 }
@@ -587,9 +541,10 @@ impl Registry {
     }
 
     /// OpenTunnel.
-    pub fn open(&self, p: OpenParams) -> Opened {
+    pub fn open(&self, p: OpenParams) -> Result<Opened, ApiError> {
         let now = now_epoch();
-        let id = uuid_like();
+        let id = uuid_like()?;
+        let (source_token, destination_token) = (random_token()?, random_token()?);
         let arn = format!("arn:aws:iot:{}:{}:tunnel/{id}", self.region, self.account);
         let lifetime = self
             .lifetime_unit
@@ -606,7 +561,10 @@ impl Registry {
             last_updated_at: now,
             open: true,
             expires_at: Instant::now() + lifetime,
-            sides: [SideState::new(now), SideState::new(now)],
+            sides: [
+                SideState::new(source_token, now),
+                SideState::new(destination_token, now),
+            ],
             streams: Vec::new(),
         };
         let opened = Opened {
@@ -630,7 +588,7 @@ impl Registry {
         drop(g);
         self.expiry.notify_all();
         log::info!("tunnel {id} opened");
-        opened
+        Ok(opened)
     }
 
     /// CloseTunnel: closes both sides normally; `delete` also forgets it.
@@ -703,6 +661,10 @@ impl Registry {
         new_config: Option<(Option<String>, Vec<String>)>,
     ) -> Result<Rotated, ApiError> {
         let now = now_epoch();
+        let mut fresh = Vec::new();
+        for _ in sides {
+            fresh.push(random_token()?);
+        }
         let mut g = self.lock();
         let inner = &mut *g;
         let t = inner
@@ -723,7 +685,7 @@ impl Registry {
             }
             t.services = Arc::new(services);
         }
-        for &side in sides {
+        for (&side, token) in sides.iter().zip(fresh) {
             t.detach(
                 side,
                 Some((CLOSE_POLICY_VIOLATION, CLOSE_REASON_ROTATED)),
@@ -731,7 +693,7 @@ impl Registry {
             );
             let s = &mut t.sides[side.index()];
             inner.tokens.remove(s.token.expose());
-            s.token = Secret::new(random_token());
+            s.token = token;
             s.spent = false;
             s.client_token = None;
             inner
@@ -931,6 +893,7 @@ impl Registry {
     }
 
     /// Stops the expiry thread and closes every tunnel.
+    #[allow(dead_code)] // not called yet: the process is killed
     pub fn shutdown(&self) {
         let mut g = self.lock();
         g.shutdown = true;
@@ -944,16 +907,37 @@ impl Registry {
 }
 
 /// A random UUID-shaped tunnel id.
-fn uuid_like() -> String {
-    let mut b = [0u8; 16];
-    super::fill_random(&mut b);
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
+fn uuid_like() -> Result<String, ApiError> {
+    let h = localproxy::secret::random_hex(16).map_err(no_randomness)?;
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    )
+    ))
+}
+
+/// A new access token: `AQGA` then 96 random bytes in URL-safe base64 (132
+/// characters). The fixed prefix (as on AWS) keeps a token from starting
+/// with `-`, which a command line would take for an option.
+fn random_token() -> Result<Secret, ApiError> {
+    let mut b = [0u8; 96];
+    fill_random(&mut b).map_err(no_randomness)?;
+    let body: String = openssl::base64::encode_block(&b)
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    Ok(Secret::new(format!("AQGA{body}")))
+}
+
+fn no_randomness(e: std::io::Error) -> ApiError {
+    log::error!("no source of randomness: {e}");
+    ApiError::internal("the service has no source of randomness for tokens")
 }

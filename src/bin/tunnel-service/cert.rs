@@ -1,5 +1,10 @@
-//! TLS helpers shared by the proxy and the local service: a self-signed
-//! certificate for loopback names, and the PEM files that carry it.
+//! The data plane's generated certificate: a self-signed certificate for
+//! loopback names, and the CA directory (`localproxy -c DIR`) that trusts it.
+//!
+//! Self-contained (std and openssl only): the integration tests include this
+//! file with `#[path]` (tests/common/mod.rs) to make certificates of the same
+//! kind, and test it there (tests/service.rs) rather than in every binary
+//! that includes it.
 
 use std::path::Path;
 
@@ -73,20 +78,4 @@ pub fn write_ca_dir(cert: &X509, dir: &Path) -> std::io::Result<std::path::PathB
     let hash = cert.subject_name_hash();
     std::fs::write(dir.join(format!("{hash:08x}.0")), &pem)?;
     Ok(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn self_signed_certificate_names_loopback() {
-        let id = self_signed(&["localhost", "127.0.0.1"]).expect("generated");
-        let sans = id.cert.subject_alt_names().expect("has SAN");
-        assert_eq!(sans.len(), 2);
-        let dir = std::env::temp_dir().join(format!("lp-tls-test-{}", std::process::id()));
-        let pem = write_ca_dir(&id.cert, &dir).expect("written");
-        assert!(pem.exists());
-        std::fs::remove_dir_all(&dir).expect("cleaned");
-    }
 }

@@ -1,23 +1,5 @@
-//! The local tunneling service: a faithful stand-in for AWS IoT Secure
-//! Tunneling on loopback, used by `make demo` and the end-to-end tests.
-//!
-//! - [`api`]: the control plane, the IoTSecuredTunneling API over AWS JSON 1.1
-//!   (plus `LocalTest.*` fault operations).
-//! - [`handshake`]: the data-plane WebSocket upgrade and its refusals.
-//! - [`relay`]: the data plane after the handshake.
-//! - [`tunnels`]: tunnel state shared by both planes.
-//! - [`faults`]: fault injection for tests.
-//! - [`client`] and [`cli`]: the `tunnel-service` command line.
-
-pub mod api;
-pub mod cli;
-pub mod client;
-pub mod faults;
-pub mod handshake;
-pub mod http;
-pub mod relay;
-pub mod state;
-pub mod tunnels;
+//! A running service: both listeners, their accept loops, the expiry thread,
+//! the data plane's TLS set-up, and shutdown.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,8 +11,10 @@ use std::time::Duration;
 
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
-use faults::Faults;
-use tunnels::Registry;
+use crate::cert::{self, Identity};
+use crate::faults::Faults;
+use crate::tunnels::Registry;
+use crate::{api, handshake};
 
 /// Where the data plane's certificate comes from.
 #[derive(Debug, Clone)]
@@ -77,6 +61,7 @@ impl Default for Options {
 }
 
 /// A running service.
+#[allow(dead_code)] // registry and stop serve `shutdown`, not called yet
 pub struct Service {
     pub data_addr: SocketAddr,
     pub api_addr: SocketAddr,
@@ -113,14 +98,14 @@ impl Service {
                 let (id, dir) = match ca_dir {
                     Some(d) => (reuse_or_generate(d)?, d.clone()),
                     None => {
-                        let id = crate::tls::self_signed(&["localhost", "127.0.0.1"])
+                        let id = cert::self_signed(&["localhost", "127.0.0.1"])
                             .map_err(io::Error::other)?;
                         let dir = std::env::temp_dir().join(format!(
                             "tunnel-service-{}-{}",
                             std::process::id(),
-                            random_hex(4)
+                            localproxy::secret::random_hex(4)?
                         ));
-                        crate::tls::write_ca_dir(&id.cert, &dir)?;
+                        cert::write_ca_dir(&id.cert, &dir)?;
                         (id, dir)
                     }
                 };
@@ -209,6 +194,7 @@ impl Service {
     }
 
     /// Closes every tunnel and stops accepting.
+    #[allow(dead_code)] // not called yet: the process is killed
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.registry.shutdown();
@@ -230,12 +216,12 @@ impl Service {
 
 /// Name of the private key kept beside the certificate in `--cert-dir`.
 const KEY_FILE: &str = "tunnel-service.key";
-/// Name of the certificate in the CA directory (see [`crate::tls::write_ca_dir`]).
+/// Name of the certificate in the CA directory (see [`cert::write_ca_dir`]).
 const CERT_FILE: &str = "tunnel-service.pem";
 
 /// The certificate and key already in `dir` (from an earlier run), or a new
 /// pair written there (the key readable by the owner only).
-fn reuse_or_generate(dir: &std::path::Path) -> io::Result<crate::tls::Identity> {
+fn reuse_or_generate(dir: &std::path::Path) -> io::Result<Identity> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
@@ -249,11 +235,11 @@ fn reuse_or_generate(dir: &std::path::Path) -> io::Result<crate::tls::Identity> 
             .map_err(|e| bad(&key_path, e))?;
         log::info!("reusing the certificate and key in {}", dir.display());
         // Recreate the hash link in case it was removed.
-        crate::tls::write_ca_dir(&cert, dir)?;
-        return Ok(crate::tls::Identity { cert, key });
+        cert::write_ca_dir(&cert, dir)?;
+        return Ok(Identity { cert, key });
     }
-    let id = crate::tls::self_signed(&["localhost", "127.0.0.1"]).map_err(io::Error::other)?;
-    crate::tls::write_ca_dir(&id.cert, dir)?;
+    let id = cert::self_signed(&["localhost", "127.0.0.1"]).map_err(io::Error::other)?;
+    cert::write_ca_dir(&id.cert, dir)?;
     let pem = id
         .key
         .private_key_to_pem_pkcs8()
@@ -289,43 +275,4 @@ where
             }
         }
     }
-}
-
-/// Fills `buf` from OpenSSL's RNG (falling back to /dev/urandom).
-pub fn fill_random(buf: &mut [u8]) {
-    if openssl::rand::rand_bytes(buf).is_ok() {
-        return;
-    }
-    use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        if f.read_exact(buf).is_ok() {
-            return;
-        }
-    }
-    log::error!("no source of randomness: tokens are not secret");
-}
-
-/// `n` random bytes as lowercase hex.
-pub fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    fill_random(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A new access token: `AQGA` then 96 random bytes in URL-safe base64 (132
-/// characters). The fixed prefix (as on AWS) keeps a token from starting
-/// with `-`, which a command line would take for an option.
-pub fn random_token() -> String {
-    let mut b = [0u8; 96];
-    fill_random(&mut b);
-    let body: String = openssl::base64::encode_block(&b)
-        .chars()
-        .filter(|c| *c != '=')
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        })
-        .collect();
-    format!("AQGA{body}")
 }
