@@ -2,29 +2,27 @@
 //! AWS JSON 1.1) over plain HTTP, so the AWS CLI and SDKs work with
 //! `--endpoint-url http://127.0.0.1:PORT`. Request signatures are NOT checked.
 //!
-//! Operations (`POST /`, header `X-Amz-Target: IoTSecuredTunneling.<Op>`):
-//! OpenTunnel, CloseTunnel, DescribeTunnel, ListTunnels,
-//! RotateTunnelAccessToken. Errors are HTTP 400 with
+//! Operations (`POST /`, header `X-Amz-Target: IoTSecuredTunneling.<Op>`),
+//! the eight of the service model: OpenTunnel, CloseTunnel, DescribeTunnel,
+//! ListTunnels, RotateTunnelAccessToken, TagResource, UntagResource,
+//! ListTagsForResource. Requests are checked against the model ([`model`]).
+//! Errors are HTTP 400 (500 for the service's own failures) with
 //! `{"__type": "...Exception", "message": "..."}` and `x-amzn-ErrorType`.
-//!
-//! Local test operations (`X-Amz-Target: LocalTest.<Op>`, not part of AWS):
-//! - `LocalTest.Inject {tunnelId, side: "source"|"destination", hexBytes}`:
-//!   appends the bytes to the relayed byte stream toward that side (they are
-//!   not checked: use it to send broken frames); or `{..., textFrame: "..."}`
-//!   sends one WebSocket text message.
-//! - `LocalTest.Drop {tunnelId, side}`: drops that side's TCP connection at
-//!   once, without a close frame (a network failure).
+//! `X-Amz-Target: LocalTest.<Op>` calls are the fault operations of
+//! [`local_test`], not part of AWS.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::http::{read_head, write_response, HeadError, RequestHead};
+use crate::local_test;
+use crate::model::{self, ApiError, Shape};
 use crate::side::Side;
-use crate::tunnels::{ApiError, OpenParams, Out, Registry};
+use crate::tunnels::{OpenParams, Registry};
 
 /// Largest request head and body the API reads.
 const MAX_HEAD: usize = 64 * 1024;
@@ -35,6 +33,8 @@ const IDLE: Duration = Duration::from_secs(60);
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 /// Default and largest tunnel lifetime, in minutes.
 pub const MAX_LIFETIME_MINUTES: u64 = 720;
+/// Services of one tunnel at most: the protocol multiplexes up to three.
+pub const MAX_SERVICES: usize = 3;
 
 /// Serves one API connection (keep-alive) until it closes.
 pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
@@ -107,19 +107,13 @@ pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
         let body = std::mem::replace(&mut carry, rest);
         let target = req.header("X-Amz-Target").unwrap_or("").to_string();
         let result = if req.method != "POST" || req.path() != "/" {
-            Err((
-                404,
-                ApiError {
-                    kind: "UnknownOperationException",
-                    message: format!(
-                        "{} {} is not an operation: POST / with X-Amz-Target",
-                        req.method,
-                        req.path()
-                    ),
-                },
-            ))
+            Err(ApiError::unknown_operation(format!(
+                "{} {} is not an operation: POST / with X-Amz-Target",
+                req.method,
+                req.path()
+            )))
         } else {
-            dispatch(&registry, &target, &body).map_err(|e| (400, e))
+            dispatch(&registry, &target, &body)
         };
         let written = match result {
             Ok(v) => {
@@ -136,9 +130,9 @@ pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
                     body.as_bytes(),
                 )
             }
-            Err((status, e)) => {
+            Err(e) => {
                 log::info!("API {target}: {}: {}", e.kind, e.message);
-                respond_error(&mut tcp, status, e.kind, &e.message, close)
+                respond_error(&mut tcp, e.status, e.kind, &e.message, close)
             }
         };
         if written.is_err() || close {
@@ -178,216 +172,125 @@ pub fn dispatch(registry: &Registry, target: &str, body: &[u8]) -> Result<Value,
     let input: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError {
-            kind: "SerializationException",
-            message: format!("body is not JSON: {e}"),
-        })?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::serialization(format!("body is not JSON: {e}")))?
     };
-    let input = input.as_object().ok_or_else(|| ApiError {
-        kind: "SerializationException",
-        message: "body is not a JSON object".into(),
-    })?;
-    match target {
-        "IoTSecuredTunneling.OpenTunnel" => open_tunnel(registry, input),
-        "IoTSecuredTunneling.CloseTunnel" => {
-            let id = tunnel_id(input)?;
-            let delete = opt_bool(input, "delete")?.unwrap_or(false);
-            registry.close(&id, delete)?;
+    if !input.is_object() {
+        return Err(ApiError::serialization("body is not a JSON object"));
+    }
+    let op = target
+        .strip_prefix("IoTSecuredTunneling.")
+        .map(|op| (true, op))
+        .or_else(|| target.strip_prefix("LocalTest.").map(|op| (false, op)));
+    let checked = |shape: &Shape| model::check(&input, shape).map(|()| &input);
+    match op {
+        Some((true, "OpenTunnel")) => open_tunnel(registry, checked(&model::OPEN_TUNNEL)?),
+        Some((true, "CloseTunnel")) => {
+            let i = checked(&model::CLOSE_TUNNEL)?;
+            registry.close(str_of(i, "tunnelId"), i["delete"].as_bool().unwrap_or(false))?;
             Ok(json!({}))
         }
-        "IoTSecuredTunneling.DescribeTunnel" => {
-            let id = tunnel_id(input)?;
-            Ok(json!({ "tunnel": registry.describe(&id)? }))
+        Some((true, "DescribeTunnel")) => {
+            let i = checked(&model::DESCRIBE_TUNNEL)?;
+            Ok(json!({ "tunnel": registry.describe(str_of(i, "tunnelId"))? }))
         }
-        "IoTSecuredTunneling.ListTunnels" => list_tunnels(registry, input),
-        "IoTSecuredTunneling.RotateTunnelAccessToken" => rotate(registry, input),
-        "LocalTest.Inject" => {
-            let id = tunnel_id(input)?;
-            let side = side(input)?;
-            let out = match (opt_str(input, "hexBytes")?, opt_str(input, "textFrame")?) {
-                (Some(h), None) => Out::Bytes(from_hex(h)?),
-                (None, Some(t)) => Out::Text(t.to_string()),
-                _ => {
-                    return Err(ApiError::invalid(
-                        "give exactly one of hexBytes and textFrame",
-                    ))
-                }
-            };
-            registry.send_to(&id, side, out)?;
-            log::info!("tunnel {id}: injected a message toward the {side}");
+        Some((true, "ListTunnels")) => list_tunnels(registry, checked(&model::LIST_TUNNELS)?),
+        Some((true, "RotateTunnelAccessToken")) => {
+            rotate(registry, checked(&model::ROTATE_TUNNEL_ACCESS_TOKEN)?)
+        }
+        Some((true, "TagResource")) => {
+            let i = checked(&model::TAG_RESOURCE)?;
+            registry.tag(str_of(i, "resourceArn"), unique_tags(&i["tags"]))?;
             Ok(json!({}))
         }
-        "LocalTest.Drop" => {
-            let id = tunnel_id(input)?;
-            let side = side(input)?;
-            registry.send_to(&id, side, Out::Drop)?;
-            log::info!("tunnel {id}: dropping the {side} connection on request");
+        Some((true, "UntagResource")) => {
+            let i = checked(&model::UNTAG_RESOURCE)?;
+            let keys: Vec<String> = strings(&i["tagKeys"]);
+            registry.untag(str_of(i, "resourceArn"), &keys)?;
             Ok(json!({}))
         }
-        _ => Err(ApiError {
-            kind: "UnknownOperationException",
-            message: format!("unknown operation {target:?}"),
-        }),
+        Some((true, "ListTagsForResource")) => {
+            let i = checked(&model::LIST_TAGS_FOR_RESOURCE)?;
+            Ok(match registry.tags(str_of(i, "resourceArn"))? {
+                Some(tags) => json!({ "tags": tags }),
+                None => json!({}),
+            })
+        }
+        Some((false, op)) => local_test::dispatch(registry, op, &input),
+        _ => Err(ApiError::unknown_operation(format!(
+            "unknown operation {target:?}: IoTSecuredTunneling.<Operation> (or LocalTest.<Operation>)"
+        ))),
     }
 }
 
-fn opt_str<'a>(o: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>, ApiError> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid(format!("{k} must be a string"))),
-    }
+/// A string member the model check has already required.
+fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or_default()
 }
 
-fn opt_bool(o: &Map<String, Value>, k: &str) -> Result<Option<bool>, ApiError> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(_) => Err(ApiError::invalid(format!("{k} must be a boolean"))),
-    }
-}
-
-fn opt_u64(o: &Map<String, Value>, k: &str) -> Result<Option<u64>, ApiError> {
-    match o.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(format!("{k} must be a non-negative integer"))),
-    }
-}
-
-fn tunnel_id(o: &Map<String, Value>) -> Result<String, ApiError> {
-    let id = opt_str(o, "tunnelId")?.ok_or_else(|| ApiError::invalid("tunnelId is required"))?;
-    if id.is_empty()
-        || id.len() > 128
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-+=:".contains(c))
-    {
-        return Err(ApiError::invalid(format!(
-            "tunnelId {id:?} does not match [a-zA-Z0-9_\\-+=:]{{1,128}}"
-        )));
-    }
-    Ok(id.to_string())
-}
-
-fn side(o: &Map<String, Value>) -> Result<Side, ApiError> {
-    let s = opt_str(o, "side")?
-        .ok_or_else(|| ApiError::invalid("side is required (source or destination)"))?;
-    Side::parse(s)
-        .ok_or_else(|| ApiError::invalid(format!("side {s:?} is not source or destination")))
-}
-
-fn from_hex(h: &str) -> Result<Vec<u8>, ApiError> {
-    let h: Vec<u8> = h.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if h.len() % 2 != 0 {
-        return Err(ApiError::invalid("hexBytes has an odd number of digits"));
-    }
-    h.chunks(2)
-        .map(|p| {
-            let s = std::str::from_utf8(p).unwrap_or("zz");
-            u8::from_str_radix(s, 16)
-                .map_err(|_| ApiError::invalid(format!("hexBytes: {s:?} is not hex")))
+/// The strings of a checked list of strings.
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 128
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || ":_-".contains(c))
-}
-
-/// Parses a DestinationConfig object: (thingName, services).
-fn destination_config(v: &Value) -> Result<(Option<String>, Vec<String>), ApiError> {
-    let o = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid("destinationConfig must be an object"))?;
-    let thing = opt_str(o, "thingName")?.map(str::to_string);
-    if let Some(t) = &thing {
-        if !is_name(t) {
-            return Err(ApiError::invalid(format!(
-                "thingName {t:?} does not match [a-zA-Z0-9:_-]{{1,128}}"
-            )));
+/// A checked TagList with one entry per key (the last one given wins), in
+/// `{"key", "value"}` form.
+fn unique_tags(v: &Value) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for t in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let tag = json!({ "key": t["key"], "value": t["value"] });
+        match out.iter_mut().find(|x| x["key"] == tag["key"]) {
+            Some(old) => *old = tag,
+            None => out.push(tag),
         }
     }
-    let list = o.get("services").and_then(Value::as_array).ok_or_else(|| {
-        ApiError::invalid("destinationConfig.services is required (a list of 1 to 3 service ids)")
-    })?;
-    if list.is_empty() || list.len() > 3 {
-        return Err(ApiError::invalid(format!(
-            "destinationConfig.services has {} entries: 1 to 3 allowed",
-            list.len()
+    out
+}
+
+/// Checks beyond the model on a checked DestinationConfig: at most
+/// [`MAX_SERVICES`] services (the protocol's multiplexing limit), no
+/// service named twice. Returns (thingName, services).
+fn destination_config(v: &Value) -> Result<(Option<String>, Vec<String>), ApiError> {
+    let services = strings(&v["services"]);
+    if services.len() > MAX_SERVICES {
+        return Err(ApiError::validation(format!(
+            "1 validation error detected: {}",
+            model::violation(
+                &v["services"],
+                "destinationConfig.services",
+                &format!("have length less than or equal to {MAX_SERVICES}")
+            )
         )));
     }
-    let mut services: Vec<String> = Vec::new();
-    for s in list {
-        let s = s
-            .as_str()
-            .ok_or_else(|| ApiError::invalid("service ids must be strings"))?;
-        if !is_name(s) {
-            return Err(ApiError::invalid(format!(
-                "service id {s:?} does not match [a-zA-Z0-9:_-]{{1,128}}"
+    for (i, s) in services.iter().enumerate() {
+        if services[..i].contains(s) {
+            return Err(ApiError::validation(format!(
+                "destinationConfig.services names service {s:?} twice"
             )));
         }
-        if services.iter().any(|x| x == s) {
-            return Err(ApiError::invalid(format!("service id {s:?} appears twice")));
-        }
-        services.push(s.to_string());
     }
-    Ok((thing, services))
+    Ok((v["thingName"].as_str().map(str::to_string), services))
 }
 
-fn open_tunnel(registry: &Registry, o: &Map<String, Value>) -> Result<Value, ApiError> {
+fn open_tunnel(registry: &Registry, i: &Value) -> Result<Value, ApiError> {
     let mut p = OpenParams {
         lifetime_minutes: MAX_LIFETIME_MINUTES,
+        description: i["description"].as_str().map(str::to_string),
+        tags: unique_tags(&i["tags"]),
         ..Default::default()
     };
-    if let Some(d) = opt_str(o, "description")? {
-        if d.chars().count() > 128 {
-            return Err(ApiError::invalid(
-                "description is longer than 128 characters",
-            ));
-        }
-        p.description = Some(d.to_string());
+    if !i["destinationConfig"].is_null() {
+        (p.thing_name, p.services) = destination_config(&i["destinationConfig"])?;
     }
-    if let Some(tags) = o.get("tags").filter(|v| !v.is_null()) {
-        let tags = tags
-            .as_array()
-            .ok_or_else(|| ApiError::invalid("tags must be a list"))?;
-        if tags.len() > 200 {
-            return Err(ApiError::invalid("more than 200 tags"));
-        }
-        for t in tags {
-            let key = t.get("key").and_then(Value::as_str).unwrap_or("");
-            let value = t.get("value").and_then(Value::as_str);
-            if key.is_empty() || key.len() > 128 || value.map_or(true, |v| v.len() > 256) {
-                return Err(ApiError::invalid(
-                    "each tag needs a key (1-128 characters) and a value (0-256 characters)",
-                ));
-            }
-        }
-        p.tags = tags.clone();
-    }
-    if let Some(dc) = o.get("destinationConfig").filter(|v| !v.is_null()) {
-        let (thing, services) = destination_config(dc)?;
-        p.thing_name = thing;
-        p.services = services;
-    }
-    if let Some(tc) = o.get("timeoutConfig").filter(|v| !v.is_null()) {
-        let tc = tc
-            .as_object()
-            .ok_or_else(|| ApiError::invalid("timeoutConfig must be an object"))?;
-        if let Some(m) = opt_u64(tc, "maxLifetimeTimeoutMinutes")? {
-            if !(1..=MAX_LIFETIME_MINUTES).contains(&m) {
-                return Err(ApiError::invalid(format!(
-                    "maxLifetimeTimeoutMinutes {m} is outside 1..={MAX_LIFETIME_MINUTES}"
-                )));
-            }
-            p.lifetime_minutes = m;
-        }
+    if let Some(m) = i["timeoutConfig"]["maxLifetimeTimeoutMinutes"].as_u64() {
+        p.lifetime_minutes = m;
     }
     let t = registry.open(p)?;
     Ok(json!({
@@ -398,52 +301,48 @@ fn open_tunnel(registry: &Registry, o: &Map<String, Value>) -> Result<Value, Api
     }))
 }
 
-fn list_tunnels(registry: &Registry, o: &Map<String, Value>) -> Result<Value, ApiError> {
-    let thing = opt_str(o, "thingName")?;
-    let max = opt_u64(o, "maxResults")?.unwrap_or(100);
-    if !(1..=100).contains(&max) {
-        return Err(ApiError::invalid(format!(
-            "maxResults {max} is outside 1..=100"
-        )));
-    }
-    let start = match opt_str(o, "nextToken")? {
-        None => 0,
-        Some(t) => t
-            .parse::<usize>()
-            .map_err(|_| ApiError::invalid(format!("invalid nextToken {t:?}")))?,
+fn list_tunnels(registry: &Registry, i: &Value) -> Result<Value, ApiError> {
+    let max = i["maxResults"].as_u64().unwrap_or(100);
+    let before = match i["nextToken"].as_str() {
+        None => None,
+        Some(t) => Some(parse_next_token(t).ok_or_else(|| {
+            ApiError::validation(format!("nextToken {t:?} was not returned by ListTunnels"))
+        })?),
     };
-    let (page, next) = registry.list(thing, max as usize, start);
+    let max = usize::try_from(max).unwrap_or(100);
+    let (page, next) = registry.list(i["thingName"].as_str(), max, before);
     let mut v = json!({ "tunnelSummaries": page });
     if let Some(n) = next {
-        v["nextToken"] = json!(n.to_string());
+        v["nextToken"] = json!(format!("{NEXT_TOKEN_PREFIX}{n}"));
     }
     Ok(v)
 }
 
-fn rotate(registry: &Registry, o: &Map<String, Value>) -> Result<Value, ApiError> {
-    let id = tunnel_id(o)?;
-    let mode = opt_str(o, "clientMode")?
-        .ok_or_else(|| ApiError::invalid("clientMode is required (SOURCE, DESTINATION or ALL)"))?;
+/// Prefix of the nextToken values ListTunnels returns (then a number).
+const NEXT_TOKEN_PREFIX: &str = "lt1-";
+
+fn parse_next_token(t: &str) -> Option<u64> {
+    t.strip_prefix(NEXT_TOKEN_PREFIX)?.parse().ok()
+}
+
+fn rotate(registry: &Registry, i: &Value) -> Result<Value, ApiError> {
+    let id = str_of(i, "tunnelId");
+    let mode = str_of(i, "clientMode");
     let sides: &[Side] = match mode {
         "SOURCE" => &[Side::Source],
         "DESTINATION" => &[Side::Destination],
-        "ALL" => &Side::BOTH,
-        m => {
-            return Err(ApiError::invalid(format!(
-                "clientMode {m:?} is not SOURCE, DESTINATION or ALL"
-            )))
-        }
+        _ => &Side::BOTH,
     };
-    let config = match o.get("destinationConfig").filter(|v| !v.is_null()) {
-        None => None,
-        Some(_) if mode == "SOURCE" => {
-            return Err(ApiError::invalid(
-                "destinationConfig cannot be used with clientMode SOURCE",
+    let config = match &i["destinationConfig"] {
+        Value::Null => None,
+        _ if mode == "SOURCE" => {
+            return Err(ApiError::validation(
+                "destinationConfig cannot be given with clientMode SOURCE: it configures the destination",
             ))
         }
-        Some(dc) => Some(destination_config(dc)?),
+        dc => Some(destination_config(dc)?),
     };
-    let r = registry.rotate(&id, sides, config)?;
+    let r = registry.rotate(id, sides, config)?;
     let mut v = json!({ "tunnelArn": r.tunnel_arn });
     if let Some(t) = r.source_token {
         v["sourceAccessToken"] = json!(t.expose());

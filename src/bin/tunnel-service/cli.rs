@@ -60,6 +60,8 @@ SERVE OPTIONS:
   --plain-ws               serve ws:// without TLS (debugging only)
   --ready-file PATH        also write the READY line to PATH
   --region R               region in tunnel ARNs (default us-east-1)
+  --max-open-tunnels N     OpenTunnel answers LimitExceededException while N tunnels
+                           are open (default 1000)
   -v, --verbose N          0 off, 1-2 error, 3 warn, 4 info (default), 5 debug, 6 trace
  Test options:
   --lifetime-unit-seconds  read maxLifetimeTimeoutMinutes as seconds (fast expiry tests)
@@ -117,6 +119,8 @@ struct ServeOpts {
     plain_ws: bool,
     #[options(no_short, help = "save and load the tunnels here")]
     state_file: Option<String>,
+    #[options(no_short, help = "open tunnels allowed at once")]
+    max_open_tunnels: Option<usize>,
     #[options(no_short, help = "write the READY line here too")]
     ready_file: Option<String>,
     #[options(no_short, help = "region in ARNs")]
@@ -332,12 +336,17 @@ fn format_tokens(v: &Value, format: &str) -> Result<String, String> {
 fn open(o: OpenOpts) -> Result<String, String> {
     need(&o.api, "-")?;
     let mut body = json!({});
-    if o.services.is_some() || o.thing_name.is_some() {
-        body["destinationConfig"] =
-            json!({ "services": services(o.services.as_deref().unwrap_or("")) });
-        if let Some(t) = &o.thing_name {
-            body["destinationConfig"]["thingName"] = json!(t);
+    match (&o.services, &o.thing_name) {
+        (Some(list), thing) => {
+            body["destinationConfig"] = json!({ "services": services(list) });
+            if let Some(t) = thing {
+                body["destinationConfig"]["thingName"] = json!(t);
+            }
         }
+        (None, Some(_)) => {
+            return Err("--thing-name needs --services (a destination config names both)".into())
+        }
+        (None, None) => {}
     }
     if let Some(m) = o.lifetime_minutes {
         body["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": m });
@@ -404,6 +413,9 @@ fn serve(o: ServeOpts) -> i32 {
                 bandwidth: o.bandwidth,
             },
             state_file: o.state_file.as_ref().map(PathBuf::from),
+            max_open_tunnels: o
+                .max_open_tunnels
+                .unwrap_or(crate::tunnels::DEFAULT_MAX_OPEN_TUNNELS),
         })
     })();
     let opts = match opts {

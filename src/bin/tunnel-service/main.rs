@@ -7,7 +7,9 @@
 //! Modules, from the command line down:
 //! - [`cli`] and [`client`]: the command line and its API client.
 //! - [`service`]: binds both planes, accepts, shuts down.
-//! - [`api`]: the control plane (AWS JSON 1.1).
+//! - [`api`], [`model`] and [`local_test`]: the control plane (AWS JSON 1.1),
+//!   the constraints of the service model it checks, and the fault
+//!   operations for tests.
 //! - [`handshake`], [`relay`] and [`stream`]: the data plane.
 //! - [`tunnels`] and [`side`]: tunnel state shared by both planes; [`state`]
 //!   saves it.
@@ -22,6 +24,8 @@ mod client;
 mod faults;
 mod handshake;
 mod http;
+mod local_test;
+mod model;
 mod relay;
 mod service;
 mod side;

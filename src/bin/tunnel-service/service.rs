@@ -43,6 +43,8 @@ pub struct Options {
     pub faults: Faults,
     /// Where the tunnels are saved after every change and loaded at start.
     pub state_file: Option<PathBuf>,
+    /// OpenTunnel refuses (LimitExceededException) beyond this many open.
+    pub max_open_tunnels: usize,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             region: "us-east-1".into(),
             faults: Faults::default(),
             state_file: None,
+            max_open_tunnels: crate::tunnels::DEFAULT_MAX_OPEN_TUNNELS,
         }
     }
 }
@@ -121,7 +124,12 @@ impl Service {
         let api = TcpListener::bind(opts.api_listen)?;
         let data_addr = data.local_addr()?;
         let api_addr = api.local_addr()?;
-        let registry = Registry::new(opts.lifetime_unit, &opts.region, opts.faults.clone());
+        let registry = Registry::new(
+            opts.lifetime_unit,
+            &opts.region,
+            opts.faults.clone(),
+            opts.max_open_tunnels,
+        );
         if let Some(path) = &opts.state_file {
             let n = registry.use_state_file(path)?;
             log::info!("state file {}: {n} tunnel(s) loaded", path.display());

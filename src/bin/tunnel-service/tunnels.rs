@@ -16,6 +16,7 @@ use localproxy::protocol::{CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_RE
 use localproxy::secret::{fill_random, Secret};
 
 use crate::faults::Faults;
+use crate::model::ApiError;
 use crate::side::Side;
 use crate::state;
 
@@ -148,35 +149,6 @@ impl Refusal {
     }
 }
 
-/// An error of a control-plane operation, as the AWS JSON protocol reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn not_found(id: &str) -> Self {
-        ApiError {
-            kind: "ResourceNotFoundException",
-            message: format!("tunnel {id} not found"),
-        }
-    }
-    pub fn invalid(message: impl Into<String>) -> Self {
-        ApiError {
-            kind: "InvalidRequestException",
-            message: message.into(),
-        }
-    }
-    /// The service cannot do its part (no randomness for a token).
-    pub fn internal(message: impl Into<String>) -> Self {
-        ApiError {
-            kind: "InternalServerException",
-            message: message.into(),
-        }
-    }
-}
-
 struct SideState {
     token: Secret,
     /// A handshake without a client token used the token up.
@@ -203,9 +175,12 @@ impl SideState {
 }
 
 struct Tunnel {
+    /// Creation order (ListTunnels lists the highest first).
+    seq: u64,
     id: String,
     arn: String,
     description: Option<String>,
+    /// `{"key", "value"}` objects, keys unique, in the order given.
     tags: Vec<Value>,
     thing_name: Option<String>,
     services: Arc<Vec<String>>,
@@ -214,18 +189,25 @@ struct Tunnel {
     last_updated_at: f64,
     open: bool,
     expires_at: Instant,
+    /// When the tunnel closed (it is forgotten [`CLOSED_RETENTION`] later).
+    closed_at: Option<Instant>,
     sides: [SideState; 2],
     /// Current stream of each service id ("" for V1), from STREAM_START.
     streams: Vec<(String, i32)>,
 }
 
 impl Tunnel {
-    fn destination_config(&self) -> Value {
+    /// The DestinationConfig, absent for a tunnel opened without one (its
+    /// `services` would be an empty list, which the model does not allow).
+    fn destination_config(&self) -> Option<Value> {
+        if self.services.is_empty() {
+            return None;
+        }
         let mut c = json!({ "services": *self.services });
         if let Some(t) = &self.thing_name {
             c["thingName"] = json!(t);
         }
-        c
+        Some(c)
     }
 
     fn summary(&self) -> Value {
@@ -299,7 +281,9 @@ impl Tunnel {
         };
         let sides = v["sides"].as_array()?;
         let left = (v["expiresAtEpoch"].as_f64()? - now).max(0.0);
+        let open = v["open"].as_bool()?;
         Some(Tunnel {
+            seq: 0,
             id: v["id"].as_str()?.to_string(),
             arn: v["arn"].as_str()?.to_string(),
             description: v["description"].as_str().map(str::to_string),
@@ -315,8 +299,9 @@ impl Tunnel {
             lifetime_minutes: v["lifetimeMinutes"].as_u64()?,
             created_at: v["createdAt"].as_f64()?,
             last_updated_at: v["lastUpdatedAt"].as_f64()?,
-            open: v["open"].as_bool()?,
+            open,
             expires_at: Instant::now() + Duration::from_secs_f64(left.min(1e9)),
+            closed_at: (!open).then(Instant::now),
             sides: [side(sides.first()?)?, side(sides.get(1)?)?],
             streams: Vec::new(),
         })
@@ -364,6 +349,7 @@ impl Tunnel {
 
     fn close(&mut self, reason: &str, now: f64) {
         self.open = false;
+        self.closed_at = Some(Instant::now());
         self.last_updated_at = now;
         self.streams.clear();
         for side in Side::BOTH {
@@ -431,10 +417,26 @@ pub enum Route {
 
 struct Inner {
     tunnels: HashMap<String, Tunnel>,
-    /// Creation order, for ListTunnels.
+    /// Ids in creation order (ascending `seq`), for ListTunnels and saving.
     order: Vec<String>,
+    /// `seq` of the next tunnel opened.
+    next_seq: u64,
     tokens: HashMap<String, (String, Side)>,
     shutdown: bool,
+}
+
+impl Inner {
+    /// Removes a tunnel and its tokens; false when it was not there.
+    fn forget(&mut self, id: &str) -> bool {
+        let Some(t) = self.tunnels.remove(id) else {
+            return false;
+        };
+        for s in &t.sides {
+            self.tokens.remove(s.token.expose());
+        }
+        self.order.retain(|x| x != id);
+        true
+    }
 }
 
 /// All tunnels of the service.
@@ -447,9 +449,21 @@ pub struct Registry {
     account: String,
     next_conn: AtomicU64,
     pub faults: Faults,
+    /// OpenTunnel answers LimitExceededException with this many open.
+    max_open: usize,
     /// `--state-file`: where every change is saved.
     state_file: OnceLock<PathBuf>,
 }
+
+/// How long a closed tunnel stays visible to Describe and List (AWS: "at
+/// least three hours"), in units of the lifetime minute.
+pub const CLOSED_RETENTION_MINUTES: u32 = 180;
+/// Closed tunnels kept at most; the oldest are forgotten first.
+pub const MAX_CLOSED_KEPT: usize = 10_000;
+/// Tags of one tunnel at most (the model's TagList maximum).
+pub const MAX_TAGS: usize = 200;
+/// Default of `--max-open-tunnels`.
+pub const DEFAULT_MAX_OPEN_TUNNELS: usize = 1000;
 
 /// Seconds since the epoch, as the API's timestamps.
 pub fn now_epoch() -> f64 {
@@ -460,11 +474,17 @@ pub fn now_epoch() -> f64 {
 }
 
 impl Registry {
-    pub fn new(lifetime_unit: Duration, region: &str, faults: Faults) -> Arc<Registry> {
+    pub fn new(
+        lifetime_unit: Duration,
+        region: &str,
+        faults: Faults,
+        max_open: usize,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             inner: Mutex::new(Inner {
                 tunnels: HashMap::new(),
                 order: Vec::new(),
+                next_seq: 1,
                 tokens: HashMap::new(),
                 shutdown: false,
             }),
@@ -474,6 +494,7 @@ impl Registry {
             account: "123456789012".to_string(),
             next_conn: AtomicU64::new(1),
             faults,
+            max_open,
             state_file: OnceLock::new(),
         })
     }
@@ -486,7 +507,7 @@ impl Registry {
         let mut n = 0;
         if let Some(v) = loaded {
             for tv in v["tunnels"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                let Some(t) = Tunnel::from_state(tv) else {
+                let Some(mut t) = Tunnel::from_state(tv) else {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
@@ -499,6 +520,8 @@ impl Registry {
                     g.tokens
                         .insert(t.sides[i].token.expose().to_string(), (t.id.clone(), side));
                 }
+                t.seq = g.next_seq;
+                g.next_seq += 1;
                 g.order.push(t.id.clone());
                 g.tunnels.insert(t.id.clone(), t);
                 n += 1;
@@ -549,7 +572,8 @@ impl Registry {
         let lifetime = self
             .lifetime_unit
             .saturating_mul(u32::try_from(p.lifetime_minutes).unwrap_or(u32::MAX));
-        let t = Tunnel {
+        let mut t = Tunnel {
+            seq: 0,
             id: id.clone(),
             arn: arn.clone(),
             description: p.description,
@@ -561,6 +585,7 @@ impl Registry {
             last_updated_at: now,
             open: true,
             expires_at: Instant::now() + lifetime,
+            closed_at: None,
             sides: [
                 SideState::new(source_token, now),
                 SideState::new(destination_token, now),
@@ -574,6 +599,15 @@ impl Registry {
             destination_token: t.sides[1].token.clone(),
         };
         let mut g = self.lock();
+        let open = g.tunnels.values().filter(|t| t.open).count();
+        if open >= self.max_open {
+            return Err(ApiError::limit(format!(
+                "{open} tunnels are open: this service allows {} at once (--max-open-tunnels); close one first",
+                self.max_open
+            )));
+        }
+        t.seq = g.next_seq;
+        g.next_seq += 1;
         g.tokens.insert(
             t.sides[0].token.expose().to_string(),
             (id.clone(), Side::Source),
@@ -603,12 +637,7 @@ impl Registry {
             log::info!("tunnel {id} closed");
         }
         if delete {
-            if let Some(t) = g.tunnels.remove(id) {
-                for s in &t.sides {
-                    g.tokens.remove(s.token.expose());
-                }
-            }
-            g.order.retain(|x| x != id);
+            g.forget(id);
             log::info!("tunnel {id} deleted");
         }
         self.persist(&g);
@@ -622,35 +651,87 @@ impl Registry {
         let mut v = t.summary();
         v["sourceConnectionState"] = t.connection_state(Side::Source);
         v["destinationConnectionState"] = t.connection_state(Side::Destination);
-        v["destinationConfig"] = t.destination_config();
+        if let Some(c) = t.destination_config() {
+            v["destinationConfig"] = c;
+        }
         v["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": t.lifetime_minutes });
-        v["tags"] = json!(t.tags);
+        if !t.tags.is_empty() {
+            v["tags"] = json!(t.tags);
+        }
         Ok(v)
     }
 
-    /// ListTunnels: summaries, newest last, filtered by thing name, paged by
-    /// an opaque offset token.
+    /// ListTunnels: summaries, newest first, filtered by thing name. A page
+    /// ends before `before` (the `seq` its token carries); returns the
+    /// `seq` to continue before when more remain.
     pub fn list(
         &self,
         thing: Option<&str>,
         max: usize,
-        start: usize,
-    ) -> (Vec<Value>, Option<usize>) {
+        before: Option<u64>,
+    ) -> (Vec<Value>, Option<u64>) {
         let g = self.lock();
-        let all: Vec<&Tunnel> = g
+        let mut matching = g
             .order
             .iter()
+            .rev()
             .filter_map(|id| g.tunnels.get(id))
-            .filter(|t| thing.map_or(true, |n| t.thing_name.as_deref() == Some(n)))
-            .collect();
-        let page: Vec<Value> = all
-            .iter()
-            .skip(start)
-            .take(max)
-            .map(|t| t.summary())
-            .collect();
-        let next = (start + page.len() < all.len()).then_some(start + page.len());
-        (page, next)
+            .filter(|t| before.map_or(true, |b| t.seq < b))
+            .filter(|t| thing.map_or(true, |n| t.thing_name.as_deref() == Some(n)));
+        let page: Vec<&Tunnel> = matching.by_ref().take(max).collect();
+        let next = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => Some(last.seq),
+            _ => None,
+        };
+        (page.iter().map(|t| t.summary()).collect(), next)
+    }
+
+    /// The tunnel an ARN names: `arn:aws:iot:REGION:ACCOUNT:tunnel/ID`.
+    fn by_arn<'a>(g: &'a mut Inner, arn: &str) -> Result<&'a mut Tunnel, ApiError> {
+        let id = arn.rsplit_once(":tunnel/").map_or("", |(_, id)| id);
+        g.tunnels
+            .get_mut(id)
+            .filter(|t| t.arn == arn)
+            .ok_or_else(|| ApiError::not_found(format!("resource {arn}")))
+    }
+
+    /// TagResource: adds tags (a key already there takes the new value).
+    pub fn tag(&self, arn: &str, tags: Vec<Value>) -> Result<(), ApiError> {
+        let mut g = self.lock();
+        let t = Self::by_arn(&mut g, arn)?;
+        let mut merged = t.tags.clone();
+        for tag in tags {
+            match merged.iter_mut().find(|x| x["key"] == tag["key"]) {
+                Some(old) => *old = tag,
+                None => merged.push(tag),
+            }
+        }
+        if merged.len() > MAX_TAGS {
+            return Err(ApiError::validation(format!(
+                "resource {arn} would have {} tags: at most {MAX_TAGS} allowed",
+                merged.len()
+            )));
+        }
+        t.tags = merged;
+        self.persist(&g);
+        Ok(())
+    }
+
+    /// UntagResource: removes the tags with these keys (absent keys are fine).
+    pub fn untag(&self, arn: &str, keys: &[String]) -> Result<(), ApiError> {
+        let mut g = self.lock();
+        let t = Self::by_arn(&mut g, arn)?;
+        t.tags
+            .retain(|x| !keys.iter().any(|k| x["key"].as_str() == Some(k)));
+        self.persist(&g);
+        Ok(())
+    }
+
+    /// ListTagsForResource: the tags, `None` when there are none.
+    pub fn tags(&self, arn: &str) -> Result<Option<Value>, ApiError> {
+        let mut g = self.lock();
+        let t = Self::by_arn(&mut g, arn)?;
+        Ok((!t.tags.is_empty()).then(|| json!(t.tags)))
     }
 
     /// RotateTunnelAccessToken.
@@ -672,7 +753,9 @@ impl Registry {
             .get_mut(id)
             .ok_or_else(|| ApiError::not_found(id))?;
         if !t.open {
-            return Err(ApiError::invalid(format!("tunnel {id} is closed")));
+            return Err(ApiError::not_found(format!(
+                "open tunnel {id} (it is CLOSED: its tokens cannot be rotated)"
+            )));
         }
         let mut r = Rotated {
             tunnel_arn: t.arn.clone(),
@@ -853,10 +936,9 @@ impl Registry {
     pub fn send_to(&self, id: &str, side: Side, out: Out) -> Result<(), ApiError> {
         let g = self.lock();
         let t = g.tunnels.get(id).ok_or_else(|| ApiError::not_found(id))?;
-        let conn = t.sides[side.index()]
-            .conn
-            .as_ref()
-            .ok_or_else(|| ApiError::invalid(format!("no {side} connected to tunnel {id}")))?;
+        let conn = t.sides[side.index()].conn.as_ref().ok_or_else(|| {
+            ApiError::invalid_request(format!("no {side} connected to tunnel {id}"))
+        })?;
         conn.send(out);
         Ok(())
     }
@@ -869,18 +951,49 @@ impl Registry {
                 return;
             }
             let now = Instant::now();
+            let retention = self.lifetime_unit.saturating_mul(CLOSED_RETENTION_MINUTES);
             let mut next: Option<Instant> = None;
-            let mut expired = false;
-            for t in g.tunnels.values_mut().filter(|t| t.open) {
-                if t.expires_at <= now {
+            let mut changed = false;
+            let mut gone = Vec::new();
+            for t in g.tunnels.values_mut() {
+                if t.open && t.expires_at <= now {
                     t.close(CLOSE_REASON_TUNNEL_EXPIRED, now_epoch());
                     log::info!("tunnel {} expired", t.id);
-                    expired = true;
+                    changed = true;
+                }
+                let due = match t.closed_at {
+                    None => t.expires_at,
+                    Some(c) => c + retention,
+                };
+                if t.closed_at.is_some() && due <= now {
+                    gone.push(t.id.clone());
                 } else {
-                    next = Some(next.map_or(t.expires_at, |n| n.min(t.expires_at)));
+                    next = Some(next.map_or(due, |n| n.min(due)));
                 }
             }
-            if expired {
+            // Closed tunnels beyond the cap go first, oldest first.
+            let closed = g
+                .order
+                .iter()
+                .filter(|id| g.tunnels.get(*id).is_some_and(|t| !t.open));
+            let excess: Vec<String> = closed
+                .take(
+                    g.tunnels
+                        .values()
+                        .filter(|t| !t.open)
+                        .count()
+                        .saturating_sub(MAX_CLOSED_KEPT),
+                )
+                .cloned()
+                .collect();
+            gone.extend(excess);
+            for id in gone {
+                if g.forget(&id) {
+                    log::info!("tunnel {id} forgotten (closed {CLOSED_RETENTION_MINUTES} minutes ago, or too many closed)");
+                    changed = true;
+                }
+            }
+            if changed {
                 self.persist(&g);
             }
             let wait = next.map_or(Duration::from_secs(3600), |n| n - now);
