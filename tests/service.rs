@@ -604,3 +604,64 @@ fn lifetime_expiry_closes_both_sides() {
     assert_eq!(expect_close(&mut d), (1000, "tunnel expired".to_string()));
     assert_eq!(svc.describe(&id)["status"], "CLOSED");
 }
+
+#[test]
+fn sigterm_and_sigint_close_connections_with_1001_and_exit_0() {
+    let _w = common::watchdog("signals", std::time::Duration::from_secs(60));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut svc = Svc::start(&[]);
+        let (_, src, dst) = svc.open(&["SSH1"], 10);
+        let mut s = join(&svc, "source", &src, None);
+        let mut d = join(&svc, "destination", &dst, None);
+        recv(&mut s, &mut FrameDecoder::default(), 1);
+        recv(&mut d, &mut FrameDecoder::default(), 1);
+        assert!(svc.ca_dir.join("tunnel-service.pem").exists());
+        svc.signal(sig);
+        for ws in [&mut s, &mut d] {
+            assert_eq!(
+                expect_close(ws),
+                (1001, "service shutting down".to_string()),
+                "signal {sig}"
+            );
+        }
+        assert_eq!(
+            svc.wait_exit(std::time::Duration::from_secs(10)),
+            0,
+            "signal {sig}"
+        );
+        assert!(
+            !svc.ca_dir.exists(),
+            "the temporary CA directory {} is left behind",
+            svc.ca_dir.display()
+        );
+    }
+}
+
+#[test]
+fn serve_help_documents_serve() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunnel-service"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("tunnel-service serve:"), "{text}");
+    for needle in [
+        "--state-file",
+        "--cert-dir",
+        "--max-open-tunnels",
+        "LocalTest.Drop",
+        "SIGTERM",
+        "1001",
+    ] {
+        assert!(
+            text.contains(needle),
+            "serve --help lacks {needle}:\n{text}"
+        );
+    }
+    let general = std::process::Command::new(env!("CARGO_BIN_EXE_tunnel-service"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&general.stdout).contains("serve --help"));
+}

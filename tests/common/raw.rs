@@ -86,6 +86,29 @@ impl Svc {
         )
     }
 
+    /// Sends signal `sig` to the service.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the service to exit; returns its exit code (-1 for a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "service did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling interval, not synchronisation
+        }
+    }
+
     pub fn describe(&self, id: &str) -> Value {
         self.ok(
             "IoTSecuredTunneling.DescribeTunnel",

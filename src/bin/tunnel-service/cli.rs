@@ -9,18 +9,20 @@ use std::time::Duration;
 use gumdrop::Options as _;
 use serde_json::{json, Value};
 
+use localproxy::stop::Stop;
+
 use crate::client::call;
 use crate::faults::Faults;
 use crate::service::{Options, Service, TlsSource};
 use crate::side::Side;
 
-/// The long help, printed by `--help`.
+/// The general help, printed by `--help`.
 pub const HELP: &str = "\
 tunnel-service: a local AWS IoT Secure Tunneling service (for tests, demos and
 devices without AWS).
 
 USAGE:
-  tunnel-service serve [OPTIONS]
+  tunnel-service serve [OPTIONS]        run the service (see: tunnel-service serve --help)
   tunnel-service open --api ADDR [--services SSH1,WEB] [--thing-name T]
                       [--lifetime-minutes N] [--description D] [--format kv|env|json]
   tunnel-service close --api ADDR --tunnel-id ID [--delete]
@@ -29,11 +31,34 @@ USAGE:
   tunnel-service rotate --api ADDR --tunnel-id ID --client-mode SOURCE|DESTINATION|ALL
                         [--services ..] [--format kv|env|json]
 
-CONTROL PLANE: plain HTTP speaking the IoTSecuredTunneling API (AWS JSON 1.1):
+The subcommands other than serve call a running service's API at ADDR
+(host:port). REQUEST SIGNATURES ARE NOT CHECKED by the service: anyone who
+can reach its API port can open tunnels and read tokens. Exit codes: 0 success, 1 failure (the error is printed), 2 bad
+command line.
+";
+
+/// The help of `serve`, printed by `serve --help`.
+pub const SERVE_HELP: &str = "\
+tunnel-service serve: run the local AWS IoT Secure Tunneling service.
+
+USAGE:
+  tunnel-service serve [OPTIONS]
+
+On start it prints one line to stdout:
+  READY data=IP:PORT api=IP:PORT ca_dir=PATH|- scheme=wss|ws
+SIGTERM or SIGINT: every connection is closed with 1001 (going away), the
+temporary CA directory is removed, exit 0 (tunnels stay open in --state-file).
+Exit codes: 0 stopped by a signal, 1 cannot start, 2 bad command line.
+
+CONTROL PLANE: plain HTTP speaking the IoTSecuredTunneling API (AWS JSON 1.1),
+all eight operations of the service model (OpenTunnel, CloseTunnel,
+DescribeTunnel, ListTunnels, RotateTunnelAccessToken, TagResource,
+UntagResource, ListTagsForResource), checked against its constraints:
   aws iotsecuretunneling --endpoint-url http://127.0.0.1:PORT open-tunnel ...
   REQUEST SIGNATURES ARE NOT CHECKED: anyone who can reach the API port can
   open tunnels and read tokens. It binds to 127.0.0.1 unless told otherwise.
-  Test operations (POST /, X-Amz-Target: LocalTest.<Op>, JSON body):
+  Test operations (POST /, X-Amz-Target: LocalTest.<Op>, JSON body; side is
+  source or destination; 200 {} or an error as for the AWS operations):
     LocalTest.Inject {tunnelId, side, hexBytes | textFrame}  bytes into the
         relayed stream toward a side (unchecked), or one WebSocket text frame
     LocalTest.Drop {tunnelId, side}  drop that side's TCP connection (no close)
@@ -43,12 +68,10 @@ DATA PLANE: wss://ADDR/tunnel?local-proxy-mode=source|destination. Without
 at start and written to the CA directory printed on the READY line (pass it
 to `localproxy -c DIR`). Close codes: 1000 tunnel closed or expired; 1008
 protocol rule broken, connection replaced by a newer one with the same token,
-or token rotated (see the reason); 1003 text frame; 1009 frame too large.
+or token rotated (see the reason); 1003 text frame; 1009 frame too large;
+1001 service stopping.
 
-On start `serve` prints one line to stdout:
-  READY data=IP:PORT api=IP:PORT ca_dir=PATH|- scheme=wss|ws
-
-SERVE OPTIONS:
+OPTIONS:
   --listen ADDR            data plane address (default 127.0.0.1:0)
   --api-listen ADDR        control plane address (default 127.0.0.1:0)
   --cert FILE --key FILE   PEM certificate (chain) and key for the data plane
@@ -217,7 +240,10 @@ pub fn run(args: &[String]) -> i32 {
             Command::Rotate(o) => o.help,
         });
     if help_asked {
-        print!("{HELP}");
+        match parsed.command {
+            Some(Command::Serve(_)) => print!("{SERVE_HELP}"),
+            _ => print!("{HELP}"),
+        }
         return 0;
     }
     let result = match parsed.command {
@@ -428,6 +454,12 @@ fn serve(o: ServeOpts) -> i32 {
     if !opts.listen.ip().is_loopback() || !opts.api_listen.ip().is_loopback() {
         log::warn!("listening beyond loopback: the API checks no signatures, anyone who reaches it can open tunnels");
     }
+    // Before any thread: the signal mask is inherited.
+    let stop = Stop::new();
+    if let Err(e) = localproxy::stop::install(stop.clone()) {
+        eprintln!("tunnel-service: cannot set up signal handling: {e}");
+        return 1;
+    }
     let service = match Service::start(opts) {
         Ok(s) => s,
         Err(e) => {
@@ -458,6 +490,8 @@ fn serve(o: ServeOpts) -> i32 {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-    service.wait();
+    while !stop.wait(Duration::from_secs(3600)) {}
+    log::info!("stopping: closing every connection (1001)");
+    service.shutdown();
     0
 }

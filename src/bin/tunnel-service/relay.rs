@@ -221,6 +221,7 @@ pub fn run(
     peer_addr: String,
     registry: Arc<Registry>,
 ) {
+    let _live = registry.live();
     let mut ws = ws;
     let waker = match Waker::new() {
         Ok(w) => Arc::new(w),

@@ -64,7 +64,6 @@ impl Default for Options {
 }
 
 /// A running service.
-#[allow(dead_code)] // registry and stop serve `shutdown`, not called yet
 pub struct Service {
     pub data_addr: SocketAddr,
     pub api_addr: SocketAddr,
@@ -72,6 +71,8 @@ pub struct Service {
     pub ca_dir: Option<PathBuf>,
     /// Whether the data plane speaks TLS.
     pub tls: bool,
+    /// `ca_dir` is a temporary directory of ours, removed on shutdown.
+    ca_dir_is_temp: bool,
     pub registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
@@ -179,6 +180,7 @@ impl Service {
         Ok(Service {
             data_addr,
             api_addr,
+            ca_dir_is_temp: matches!(opts.tls, TlsSource::Generated { ca_dir: None }),
             ca_dir,
             tls: acceptor.is_some(),
             registry,
@@ -201,8 +203,9 @@ impl Service {
         )
     }
 
-    /// Closes every tunnel and stops accepting.
-    #[allow(dead_code)] // not called yet: the process is killed
+    /// Stops accepting, closes every connection with 1001 (going away) and
+    /// waits (at most [`SHUTDOWN_GRACE`]) for the close handshakes, then
+    /// removes the temporary CA directory if this service made it.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.registry.shutdown();
@@ -212,15 +215,20 @@ impl Service {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-
-    /// Blocks for the life of the process.
-    pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if !self.registry.wait_idle(SHUTDOWN_GRACE) {
+            log::warn!("connections still closing after {SHUTDOWN_GRACE:?}: exiting anyway");
+        }
+        if let (true, Some(dir)) = (self.ca_dir_is_temp, &self.ca_dir) {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => log::info!("removed {}", dir.display()),
+                Err(e) => log::warn!("cannot remove {}: {e}", dir.display()),
+            }
         }
     }
 }
+
+/// How long a stopping service waits for its connections' close handshakes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Name of the private key kept beside the certificate in `--cert-dir`.
 const KEY_FILE: &str = "tunnel-service.key";

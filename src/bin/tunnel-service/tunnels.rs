@@ -12,7 +12,9 @@ use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
 use localproxy::frame::{encode_frame, message, MessageType};
-use localproxy::protocol::{CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED};
+use localproxy::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED,
+};
 use localproxy::secret::{fill_random, Secret};
 
 use crate::faults::Faults;
@@ -24,6 +26,8 @@ use crate::state;
 pub const CLOSE_REASON_TUNNEL_CLOSED: &str = "tunnel closed";
 /// Close reason sent when the tunnel's lifetime is over.
 pub const CLOSE_REASON_TUNNEL_EXPIRED: &str = "tunnel expired";
+/// Close reason sent to every connection when the service stops.
+pub const CLOSE_REASON_SHUTDOWN: &str = "service shutting down";
 /// Close reason sent when the connection's access token was rotated.
 pub const CLOSE_REASON_ROTATED: &str = "access token rotated";
 
@@ -453,6 +457,20 @@ pub struct Registry {
     max_open: usize,
     /// `--state-file`: where every change is saved.
     state_file: OnceLock<PathBuf>,
+    /// Relay threads running, and a signal when the count drops.
+    live: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// Counts a relay thread as running until dropped.
+pub struct Live(Arc<Registry>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut n = self.0.live.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.0.idle.notify_all();
+    }
 }
 
 /// How long a closed tunnel stays visible to Describe and List (AWS: "at
@@ -496,6 +514,8 @@ impl Registry {
             faults,
             max_open,
             state_file: OnceLock::new(),
+            live: Mutex::new(0),
+            idle: Condvar::new(),
         })
     }
 
@@ -860,6 +880,9 @@ impl Registry {
     ) -> Result<Option<u64>, TunnelClosed> {
         let now = now_epoch();
         let mut g = self.lock();
+        if g.shutdown {
+            return Err(TunnelClosed);
+        }
         let t = g.tunnels.get_mut(id).ok_or(TunnelClosed)?;
         if !t.open {
             return Err(TunnelClosed);
@@ -1005,17 +1028,41 @@ impl Registry {
         }
     }
 
-    /// Stops the expiry thread and closes every tunnel.
-    #[allow(dead_code)] // not called yet: the process is killed
+    /// Stops the expiry thread and closes every connection with 1001
+    /// (going away). The tunnels stay open: a service restarted with the
+    /// same `--state-file` still has them.
     pub fn shutdown(&self) {
         let mut g = self.lock();
         g.shutdown = true;
-        let now = now_epoch();
-        for t in g.tunnels.values_mut().filter(|t| t.open) {
-            t.close(CLOSE_REASON_TUNNEL_CLOSED, now);
+        for t in g.tunnels.values_mut() {
+            for side in Side::BOTH {
+                if let Some(conn) = t.sides[side.index()].conn.take() {
+                    conn.send(Out::Close {
+                        code: CLOSE_GOING_AWAY,
+                        reason: CLOSE_REASON_SHUTDOWN.to_string(),
+                    });
+                }
+            }
+            t.streams.clear();
         }
         drop(g);
         self.expiry.notify_all();
+    }
+
+    /// Counts a relay thread as running while the guard lives.
+    pub fn live(self: &Arc<Self>) -> Live {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Live(self.clone())
+    }
+
+    /// Waits until no relay thread runs, at most `limit`; false on time-out.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let n = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, _) = self
+            .idle
+            .wait_timeout_while(n, limit, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *n == 0
     }
 }
 
