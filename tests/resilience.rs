@@ -533,7 +533,7 @@ fn a_certificate_that_does_not_verify_is_refused_once_with_exit_2() {
     // -c with an unrelated CA.
     let other = temp_dir("other-ca");
     let id = common::cert::self_signed(&["localhost", "127.0.0.1"]).expect("cert");
-    common::cert::write_ca_dir(&id.cert, &other).expect("ca dir");
+    common::cert::write_ca_dir(&id.cert, &other, |p, d| std::fs::write(p, d)).expect("ca dir");
     assert_certificate_refused(&service, &tunnel.destination_token, Some(&other));
     let _ = std::fs::remove_dir_all(&other);
 }

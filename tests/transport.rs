@@ -104,7 +104,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// A CA directory trusting `id`.
 fn ca_dir(id: &Identity) -> PathBuf {
     let dir = temp_dir("ca");
-    cert::write_ca_dir(&id.cert, &dir).expect("ca dir");
+    cert::write_ca_dir(&id.cert, &dir, |p, d| std::fs::write(p, d)).expect("ca dir");
     dir
 }
 

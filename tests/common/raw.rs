@@ -25,6 +25,8 @@ pub struct Svc {
     pub data: String,
     pub api: String,
     pub ca_dir: PathBuf,
+    /// The CA directory is the service's temporary one (not --cert-dir).
+    temp_ca_dir: bool,
 }
 
 impl Svc {
@@ -53,6 +55,7 @@ impl Svc {
             data: field("data"),
             api: field("api"),
             ca_dir: PathBuf::from(field("ca_dir")),
+            temp_ca_dir: !extra.contains(&"--cert-dir"),
             child,
         }
     }
@@ -122,7 +125,9 @@ impl Drop for Svc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.ca_dir);
+        if self.temp_ca_dir {
+            let _ = std::fs::remove_dir_all(&self.ca_dir);
+        }
     }
 }
 

@@ -14,7 +14,8 @@
 //! - [`tunnels`] and [`side`]: tunnel state shared by both planes; [`state`]
 //!   saves it.
 //! - [`faults`]: fault injection for tests.
-//! - [`cert`]: the generated certificate.
+//! - [`cert`] and [`files`]: the generated certificate, and the files that
+//!   hold secrets.
 //! - [`http`]: request heads and responses.
 
 mod api;
@@ -22,6 +23,7 @@ mod cert;
 mod cli;
 mod client;
 mod faults;
+mod files;
 mod handshake;
 mod http;
 mod local_test;

@@ -11,8 +11,15 @@ use std::time::Duration;
 
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use openssl::pkey::PKey;
+use openssl::x509::X509;
+
 use crate::cert::{self, Identity};
 use crate::faults::Faults;
+use crate::files;
 use crate::tunnels::Registry;
 use crate::{api, handshake};
 
@@ -102,14 +109,16 @@ impl Service {
                 let (id, dir) = match ca_dir {
                     Some(d) => (reuse_or_generate(d)?, d.clone()),
                     None => {
-                        let id = cert::self_signed(&["localhost", "127.0.0.1"])
-                            .map_err(io::Error::other)?;
+                        let id =
+                            cert::self_signed(&cert::LOOPBACK_NAMES).map_err(io::Error::other)?;
                         let dir = std::env::temp_dir().join(format!(
                             "tunnel-service-{}-{}",
                             std::process::id(),
                             localproxy::secret::random_hex(4)?
                         ));
-                        cert::write_ca_dir(&id.cert, &dir)?;
+                        // A new directory of ours (fails if the name exists).
+                        std::fs::DirBuilder::new().mode(0o755).create(&dir)?;
+                        cert::write_ca_dir(&id.cert, &dir, files::write_public)?;
                         (id, dir)
                     }
                 };
@@ -232,41 +241,58 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Name of the private key kept beside the certificate in `--cert-dir`.
 const KEY_FILE: &str = "tunnel-service.key";
-/// Name of the certificate in the CA directory (see [`cert::write_ca_dir`]).
-const CERT_FILE: &str = "tunnel-service.pem";
 
-/// The certificate and key already in `dir` (from an earlier run), or a new
-/// pair written there (the key readable by the owner only).
-fn reuse_or_generate(dir: &std::path::Path) -> io::Result<Identity> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-    if cert_path.exists() && key_path.exists() {
-        let bad = |what: &std::path::Path, e: openssl::error::ErrorStack| {
-            io::Error::other(format!("{}: {e}", what.display()))
-        };
-        let cert = openssl::x509::X509::from_pem(&std::fs::read(&cert_path)?)
-            .map_err(|e| bad(&cert_path, e))?;
-        let key = openssl::pkey::PKey::private_key_from_pem(&std::fs::read(&key_path)?)
-            .map_err(|e| bad(&key_path, e))?;
-        log::info!("reusing the certificate and key in {}", dir.display());
-        // Recreate the hash link in case it was removed.
-        cert::write_ca_dir(&cert, dir)?;
-        return Ok(Identity { cert, key });
+/// The certificate and key already in `dir` (from an earlier run), checked,
+/// or a new pair written there. Checks: the directory is ours and not
+/// writable by others; the certificate is ours, not writable by others; the
+/// key is ours and readable by us only; the key is the certificate's; the
+/// certificate is valid for another day (else a new pair replaces it).
+fn reuse_or_generate(dir: &Path) -> io::Result<Identity> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
-    let id = cert::self_signed(&["localhost", "127.0.0.1"]).map_err(io::Error::other)?;
-    cert::write_ca_dir(&id.cert, dir)?;
+    files::check_dir(dir)?;
+    let (cert_path, key_path) = (dir.join(cert::CERT_FILE), dir.join(KEY_FILE));
+    let cert_pem = files::read_owned(&cert_path)?;
+    let key_pem = files::read_secret(&key_path)?;
+    if let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) {
+        let bad = |what: &Path, e: openssl::error::ErrorStack| {
+            io::Error::other(format!(
+                "{}: {e} (remove it to generate a new one)",
+                what.display()
+            ))
+        };
+        let cert = X509::from_pem(&cert_pem).map_err(|e| bad(&cert_path, e))?;
+        let key = PKey::private_key_from_pem(&key_pem).map_err(|e| bad(&key_path, e))?;
+        if !cert::key_matches(&cert, &key) {
+            return Err(io::Error::other(format!(
+                "{} is not the key of {}: remove both to generate a new pair",
+                key_path.display(),
+                cert_path.display()
+            )));
+        }
+        if cert::valid_for_a_day(&cert) {
+            log::info!("reusing the certificate and key in {}", dir.display());
+            // Recreate the hash link in case it was removed.
+            cert::write_ca_dir(&cert, dir, files::write_public)?;
+            return Ok(Identity { cert, key });
+        }
+        log::warn!(
+            "the certificate in {} expires within a day: making a new one (give localproxy -c {} again)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let id = cert::self_signed(&cert::LOOPBACK_NAMES).map_err(io::Error::other)?;
     let pem = id
         .key
         .private_key_to_pem_pkcs8()
         .map_err(io::Error::other)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key_path)?;
-    f.write_all(&pem)?;
+    files::write_secret(&key_path, &pem)?;
+    cert::write_ca_dir(&id.cert, dir, files::write_public)?;
     Ok(id)
 }
 
