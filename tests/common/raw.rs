@@ -89,6 +89,11 @@ impl Svc {
         )
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends signal `sig` to the service.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.

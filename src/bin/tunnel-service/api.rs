@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::gate::Ticket;
 use crate::http::{read_head, write_response, HeadError, RequestHead};
 use crate::local_test;
 use crate::model::{self, ApiError, Shape};
@@ -27,7 +28,8 @@ use crate::tunnels::{OpenParams, Registry};
 /// Largest request head and body the API reads.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_BODY: usize = 1 << 20;
-/// Idle time before an API connection is closed.
+/// Longest wait for one read or write (the gate's request deadline usually
+/// ends a slow request first).
 const IDLE: Duration = Duration::from_secs(60);
 /// JSON 1.1 content type.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -36,13 +38,33 @@ pub const MAX_LIFETIME_MINUTES: u64 = 720;
 /// Services of one tunnel at most: the protocol multiplexes up to three.
 pub const MAX_SERVICES: usize = 3;
 
-/// Serves one API connection (keep-alive) until it closes.
-pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
+/// Answers a connection the API's gate refused: 503 ThrottlingException
+/// (which AWS clients retry), written without blocking, then closed.
+pub fn refuse_busy(tcp: &mut TcpStream) {
+    let _ = tcp.set_nonblocking(true);
+    let _ = respond_error(
+        tcp,
+        503,
+        "ThrottlingException",
+        "too many connections to this service: try again",
+        true,
+    );
+}
+
+/// Serves one API connection (keep-alive) until it closes. `ticket` is its
+/// place in the API's gate, which enforces each request's overall deadline
+/// (idle time before it included) and may evict an idle connection.
+pub fn serve(mut tcp: TcpStream, mut ticket: Ticket, registry: Arc<Registry>) {
     let _ = tcp.set_nodelay(true);
     let _ = tcp.set_read_timeout(Some(IDLE));
     let _ = tcp.set_write_timeout(Some(IDLE));
     let mut carry = Vec::new();
+    let mut first = true;
     loop {
+        if !first && !ticket.next_request(&tcp) {
+            return;
+        }
+        first = false;
         let head = match read_head(&mut tcp, &mut carry, MAX_HEAD) {
             Ok(h) => h,
             Err(HeadError::Closed { .. }) => return,
@@ -105,6 +127,7 @@ pub fn serve(mut tcp: TcpStream, registry: Arc<Registry>) {
         }
         let rest = carry.split_off(len);
         let body = std::mem::replace(&mut carry, rest);
+        ticket.settled();
         let target = req.header("X-Amz-Target").unwrap_or("").to_string();
         let result = if req.method != "POST" || req.path() != "/" {
             Err(ApiError::unknown_operation(format!(

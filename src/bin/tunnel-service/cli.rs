@@ -13,6 +13,7 @@ use localproxy::stop::Stop;
 
 use crate::client::call;
 use crate::faults::Faults;
+use crate::gate::{self, Limits};
 use crate::service::{Options, Service, TlsSource};
 use crate::side::Side;
 
@@ -85,6 +86,16 @@ OPTIONS:
   --region R               region in tunnel ARNs (default us-east-1)
   --max-open-tunnels N     OpenTunnel answers LimitExceededException while N tunnels
                            are open (default 1000)
+  --max-connections N      open connections per plane (data, API) (default 512)
+  --max-connections-per-address N
+                           open connections per plane from one client address
+                           (default 128)
+  --request-timeout SECS   overall deadline of a data-plane handshake (TLS and
+                           upgrade) and of an API request (idle keep-alive time
+                           included) (default 10)
+  At a cap, the connection waiting longest for its handshake or request (of
+  that address first) is closed for the new one; with none waiting, the new
+  one is refused at once (the API answers 503 ThrottlingException).
   -v, --verbose N          0 off, 1-2 error, 3 warn, 4 info (default), 5 debug, 6 trace
  Test options:
   --lifetime-unit-seconds  read maxLifetimeTimeoutMinutes as seconds (fast expiry tests)
@@ -108,6 +119,8 @@ struct Args {
     command: Option<Command>,
 }
 
+// Parsed once per process; gumdrop needs the options by value (no Box).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, gumdrop::Options)]
 enum Command {
     #[options(help = "run the service")]
@@ -144,6 +157,12 @@ struct ServeOpts {
     state_file: Option<String>,
     #[options(no_short, help = "open tunnels allowed at once")]
     max_open_tunnels: Option<usize>,
+    #[options(no_short, help = "connections per plane")]
+    max_connections: Option<usize>,
+    #[options(no_short, help = "connections per plane and client address")]
+    max_connections_per_address: Option<usize>,
+    #[options(no_short, help = "handshake / request deadline, seconds")]
+    request_timeout: Option<f64>,
     #[options(no_short, help = "write the READY line here too")]
     ready_file: Option<String>,
     #[options(no_short, help = "region in ARNs")]
@@ -396,6 +415,14 @@ fn rotate(o: RotateOpts) -> Result<String, String> {
     format_tokens(&v, &o.format)
 }
 
+/// An optional count that must be at least 1.
+fn positive(v: Option<usize>, what: &str) -> Result<Option<usize>, String> {
+    match v {
+        Some(0) => Err(format!("{what} 0: give at least 1")),
+        v => Ok(v),
+    }
+}
+
 fn serve(o: ServeOpts) -> i32 {
     localproxy::logging::init(o.verbose.unwrap_or(4));
     let parse_addr = |s: &str, what: &str| -> Result<SocketAddr, String> {
@@ -412,6 +439,25 @@ fn serve(o: ServeOpts) -> i32 {
                 ca_dir: o.cert_dir.as_ref().map(PathBuf::from),
             },
             _ => return Err("--cert and --key go together".into()),
+        };
+        let deadline = match o.request_timeout {
+            None => gate::DEFAULT_DEADLINE,
+            Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(format!(
+                    "--request-timeout {s}: give seconds, above 0 and at most 3600"
+                ))
+            }
+        };
+        let limits = Limits {
+            max_connections: positive(o.max_connections, "--max-connections")?
+                .unwrap_or(gate::DEFAULT_MAX_CONNECTIONS),
+            max_per_address: positive(
+                o.max_connections_per_address,
+                "--max-connections-per-address",
+            )?
+            .unwrap_or(gate::DEFAULT_MAX_PER_ADDRESS),
+            deadline,
         };
         let drop_side = match &o.drop_side {
             None => None,
@@ -442,6 +488,8 @@ fn serve(o: ServeOpts) -> i32 {
             max_open_tunnels: o
                 .max_open_tunnels
                 .unwrap_or(crate::tunnels::DEFAULT_MAX_OPEN_TUNNELS),
+            data_limits: limits,
+            api_limits: limits,
         })
     })();
     let opts = match opts {

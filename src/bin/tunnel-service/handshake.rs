@@ -42,13 +42,15 @@ use localproxy::protocol::{
     SUBPROTOCOLS, TUNNEL_PATH,
 };
 
+use crate::gate::Ticket;
 use crate::http::{read_head, write_response, HeadError, RequestHead};
 use crate::relay;
 use crate::side::Side;
 use crate::stream::{ws_config, Stream};
 use crate::tunnels::{Refusal, Registry};
 
-/// Time allowed for the TLS and WebSocket handshakes.
+/// Longest wait for one read or write during the handshake (the gate's
+/// overall deadline usually ends it first).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the static checks extracted from an acceptable request.
@@ -191,8 +193,15 @@ fn refuse(stream: &mut Stream, peer: &str, r: &Refusal) {
     let _ = stream.tcp().shutdown(std::net::Shutdown::Both);
 }
 
-/// Serves one data-plane connection from accept to close.
-pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<Registry>) {
+/// Serves one data-plane connection from accept to close. `ticket` is its
+/// place in the data plane's gate, which also enforces the handshake's
+/// overall deadline; it is settled once the upgrade is answered.
+pub fn serve(
+    tcp: TcpStream,
+    mut ticket: Ticket,
+    acceptor: Option<Arc<SslAcceptor>>,
+    registry: Arc<Registry>,
+) {
     let peer = tcp
         .peer_addr()
         .map(|a| a.to_string())
@@ -258,6 +267,7 @@ pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<R
         log::debug!("handshake from {peer}: writing 101: {e}");
         return;
     }
+    ticket.settled();
     log::info!(
         "tunnel {}: {} connected from {peer}, subprotocol {}, channel-id {channel_id}{}",
         admission.tunnel_id,
@@ -272,6 +282,7 @@ pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<R
     let ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(ws_config()));
     relay::run(
         ws,
+        ticket,
         admission,
         checked.subprotocol,
         channel_id,

@@ -6,7 +6,8 @@
 //!
 //! Modules, from the command line down:
 //! - [`cli`] and [`client`]: the command line and its API client.
-//! - [`service`]: binds both planes, accepts, shuts down.
+//! - [`service`]: binds both planes, accepts through their [`gate`]
+//!   (connection caps, deadlines), shuts down.
 //! - [`api`], [`model`] and [`local_test`]: the control plane (AWS JSON 1.1),
 //!   the constraints of the service model it checks, and the fault
 //!   operations for tests.
@@ -24,6 +25,7 @@ mod cli;
 mod client;
 mod faults;
 mod files;
+mod gate;
 mod handshake;
 mod http;
 mod local_test;

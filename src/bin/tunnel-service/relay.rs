@@ -8,8 +8,10 @@
 //! checked against the protocol's rules (see [`validate`]), and the raw bytes of
 //! whole frames go to the peer's queue. Outgoing bytes are coalesced into
 //! binary messages of up to 131076 bytes (or re-chunked by the fault
-//! injector). A client whose peer has more than [`PAUSE_ABOVE`] bytes
-//! queued is not read from until the peer catches up (backpressure).
+//! injector). A client whose peer, or who itself, has more than
+//! [`PAUSE_ABOVE`] bytes queued is not read from until the queue drains
+//! (backpressure): a client's outbound queue is bounded by about
+//! `PAUSE_ABOVE` plus one read burst, whether it reads or not.
 //!
 //! Close codes: 1000 tunnel closed or expired; 1008 protocol rule broken,
 //! connection replaced by a newer one with the same token
@@ -36,6 +38,7 @@ use localproxy::protocol::{
 };
 
 use crate::faults::{Throttle, XorShift};
+use crate::gate::Ticket;
 use crate::side::Side;
 use crate::stream::Stream;
 use crate::tunnels::{
@@ -215,6 +218,7 @@ fn is_would_block(e: &WsError) -> bool {
 /// Runs a connection until it ends; the handshake has been answered.
 pub fn run(
     ws: WebSocket<Stream>,
+    _ticket: Ticket,
     adm: Admission,
     subprotocol: &str,
     channel_id: String,
@@ -341,6 +345,7 @@ impl Relay {
                 }
                 paused = self.peer_backlogged();
             }
+            paused |= self.own_backlogged();
             let mut more = false;
             if !paused {
                 match self.read_burst() {
@@ -404,6 +409,13 @@ impl Relay {
         self.peer
             .as_ref()
             .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE)
+    }
+
+    /// Whether this client has more than PAUSE_ABOVE bytes waiting for it:
+    /// reading it could queue more for it (stream resets of streams it
+    /// starts without a peer), so a client that does not read is not read.
+    fn own_backlogged(&self) -> bool {
+        self.conn.queued.load(Ordering::Acquire) > PAUSE_ABOVE
     }
 
     /// Reads up to READ_BURST messages; `Ok(true)` when more may be waiting.

@@ -20,6 +20,7 @@ use openssl::x509::X509;
 use crate::cert::{self, Identity};
 use crate::faults::Faults;
 use crate::files;
+use crate::gate::{Gate, Limits, Ticket};
 use crate::tunnels::Registry;
 use crate::{api, handshake};
 
@@ -52,6 +53,10 @@ pub struct Options {
     pub state_file: Option<PathBuf>,
     /// OpenTunnel refuses (LimitExceededException) beyond this many open.
     pub max_open_tunnels: usize,
+    /// Connection caps and handshake deadline of the data plane.
+    pub data_limits: Limits,
+    /// Connection caps and request deadline of the API.
+    pub api_limits: Limits,
 }
 
 impl Default for Options {
@@ -66,6 +71,8 @@ impl Default for Options {
             faults: Faults::default(),
             state_file: None,
             max_open_tunnels: crate::tunnels::DEFAULT_MAX_OPEN_TUNNELS,
+            data_limits: Limits::default(),
+            api_limits: Limits::default(),
         }
     }
 }
@@ -154,33 +161,48 @@ impl Service {
                     .spawn(move || r.run_expiry())?,
             );
         }
+        let data_gate = Gate::new("data plane", opts.data_limits)?;
+        let api_gate = Gate::new("API", opts.api_limits)?;
         {
-            let (r, s, tls) = (registry.clone(), stop.clone(), acceptor.clone());
+            let (r, s, tls, gate) = (
+                registry.clone(),
+                stop.clone(),
+                acceptor.clone(),
+                data_gate.clone(),
+            );
             threads.push(
                 thread::Builder::new()
                     .name("data-accept".into())
                     .spawn(move || {
-                        accept_loop(data, s, move |tcp| {
-                            let (r, tls) = (r.clone(), tls.clone());
-                            thread::Builder::new()
-                                .name("client".into())
-                                .spawn(move || handshake::serve(tcp, tls, r))
-                                .map(|_| ())
-                        })
+                        accept_loop(
+                            data,
+                            s,
+                            gate,
+                            |_| {},
+                            move |tcp, ticket| {
+                                let (r, tls) = (r.clone(), tls.clone());
+                                thread::Builder::new()
+                                    .name("client".into())
+                                    .stack_size(CONNECTION_STACK)
+                                    .spawn(move || handshake::serve(tcp, ticket, tls, r))
+                                    .map(|_| ())
+                            },
+                        )
                     })?,
             );
         }
         {
-            let (r, s) = (registry.clone(), stop.clone());
+            let (r, s, gate) = (registry.clone(), stop.clone(), api_gate.clone());
             threads.push(
                 thread::Builder::new()
                     .name("api-accept".into())
                     .spawn(move || {
-                        accept_loop(api, s, move |tcp| {
+                        accept_loop(api, s, gate, api::refuse_busy, move |tcp, ticket| {
                             let r = r.clone();
                             thread::Builder::new()
                                 .name("api".into())
-                                .spawn(move || api::serve(tcp, r))
+                                .stack_size(CONNECTION_STACK)
+                                .spawn(move || api::serve(tcp, ticket, r))
                                 .map(|_| ())
                         })
                     })?,
@@ -235,6 +257,10 @@ impl Service {
         }
     }
 }
+
+/// Stack of a connection thread: the relay and handshake need little, and
+/// a capped but large number of them may run.
+const CONNECTION_STACK: usize = 256 * 1024;
 
 /// How long a stopping service waits for its connections' close handshakes.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -296,20 +322,37 @@ fn reuse_or_generate(dir: &Path) -> io::Result<Identity> {
     Ok(id)
 }
 
-fn accept_loop<F>(listener: TcpListener, stop: Arc<AtomicBool>, spawn: F)
-where
-    F: Fn(TcpStream) -> io::Result<()>,
+/// Accepts connections until `stop`: each one through `gate` (a refused
+/// one gets `refuse`, then is closed at once), then `spawn`ed with its
+/// ticket.
+fn accept_loop<R, F>(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    refuse: R,
+    spawn: F,
+) where
+    R: Fn(&mut TcpStream),
+    F: Fn(TcpStream, Ticket) -> io::Result<()>,
 {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
+            gate.stop();
             return;
         }
         match conn {
-            Ok(tcp) => {
-                if let Err(e) = spawn(tcp) {
-                    log::warn!("cannot start a connection thread: {e}");
+            Ok(mut tcp) => match gate.admit(&tcp) {
+                Ok(ticket) => {
+                    if let Err(e) = spawn(tcp, ticket) {
+                        log::warn!("cannot start a connection thread: {e}");
+                    }
                 }
-            }
+                Err(why) => {
+                    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    log::warn!("refusing a connection from {peer}: {why}");
+                    refuse(&mut tcp);
+                }
+            },
             Err(e) => {
                 log::warn!("accept failed: {e}");
                 // Out of descriptors and the like: do not spin.

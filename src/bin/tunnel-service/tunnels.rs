@@ -44,64 +44,48 @@ pub enum Out {
     Drop,
 }
 
-/// Wakes a relay thread blocked in `poll`: a non-blocking pipe.
+/// Wakes a relay thread blocked in `poll`: a non-blocking eventfd (one
+/// descriptor per connection).
 pub struct Waker {
-    read_fd: RawFd,
-    write_fd: RawFd,
+    fd: RawFd,
 }
 
 impl Waker {
-    /// A new pipe pair.
+    /// A new eventfd.
     pub fn new() -> std::io::Result<Waker> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
+        // SAFETY: eventfd with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Waker {
-            read_fd: fds[0],
-            write_fd: fds[1],
-        })
+        Ok(Waker { fd })
     }
 
-    /// The end to poll for readability.
+    /// The descriptor to poll for readability.
     pub fn fd(&self) -> RawFd {
-        self.read_fd
+        self.fd
     }
 
-    /// Makes the poller return (a full pipe already means "wake up").
+    /// Makes the poller return (a saturated counter already means "wake up").
     pub fn wake(&self) {
-        let b = 1u8;
-        // SAFETY: writes one byte from a valid buffer to our own pipe fd.
-        let _ = unsafe { libc::write(self.write_fd, &b as *const u8 as *const libc::c_void, 1) };
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
+        let _ = unsafe { libc::write(self.fd, &one as *const u64 as *const libc::c_void, 8) };
     }
 
-    /// Empties the pipe after a wake-up.
+    /// Resets the counter after a wake-up.
     pub fn drain(&self) {
-        let mut buf = [0u8; 64];
-        loop {
-            // SAFETY: reads into a valid buffer of the given length from our own pipe fd.
-            let n = unsafe {
-                libc::read(
-                    self.read_fd,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-        }
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a valid u64 from our own eventfd.
+        let _ = unsafe { libc::read(self.fd, &mut n as *mut u64 as *mut libc::c_void, 8) };
     }
 }
 
 impl Drop for Waker {
     fn drop(&mut self) {
-        // SAFETY: both fds were opened by `new` and are closed only here.
+        // SAFETY: the fd was opened by `new` and is closed only here.
         unsafe {
-            libc::close(self.read_fd);
-            libc::close(self.write_fd);
+            libc::close(self.fd);
         }
     }
 }
