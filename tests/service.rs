@@ -651,6 +651,10 @@ fn serve_help_documents_serve() {
         "--cert-dir",
         "--max-open-tunnels",
         "LocalTest.Drop",
+        "LocalTest.Silence",
+        "LocalTest.StopReading",
+        "--drop-after-bytes",
+        "--request-timeout",
         "SIGTERM",
         "1001",
     ] {

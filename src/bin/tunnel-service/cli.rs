@@ -63,6 +63,17 @@ UntagResource, ListTagsForResource), checked against its constraints:
     LocalTest.Inject {tunnelId, side, hexBytes | textFrame}  bytes into the
         relayed stream toward a side (unchecked), or one WebSocket text frame
     LocalTest.Drop {tunnelId, side}  drop that side's TCP connection (no close)
+    LocalTest.Silence {tunnelId, side}  stop reading from and writing to that
+        side's current connection (no data, pings, pongs or close; TCP stays
+        open); data for it queues, and its peer stops being read when full
+    LocalTest.StopReading {tunnelId, side, pingIntervalMs}  stop reading that
+        side's current connection but keep writing to it: data and a ping
+        every pingIntervalMs (default 50)
+    Silence and StopReading last until a new connection of that side
+    replaces it (same client token), it is dropped or the tunnel closes; new
+    connections are served normally. Errors: ResourceNotFoundException
+    (unknown tunnel), ValidationException (bad member), InvalidRequestException
+    (no connection on that side).
 
 DATA PLANE: wss://ADDR/tunnel?local-proxy-mode=source|destination. Without
 --cert/--key, a self-signed certificate for localhost and 127.0.0.1 is made

@@ -177,12 +177,32 @@ fn take_frames(
 
 /// How a connection ended, for the log.
 enum End {
+    /// Ended while silenced: closed without a word (no close frame).
+    Silenced(String),
     ClientClosed(String),
     Violation(Violation),
-    Closed { code: u16, reason: String },
+    Closed {
+        code: u16,
+        reason: String,
+    },
     Dropped(&'static str),
     Error(String),
     Gone,
+}
+
+/// What the relay does with its client (fault injection changes it for
+/// the rest of the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// `LocalTest.Silence`: no reads, no writes, not even pongs.
+    Silenced,
+    /// `LocalTest.StopReading`: no reads; writes go on, plus a ping every
+    /// `interval` (the next one due at `next`).
+    StopReading {
+        interval: Duration,
+        next: Instant,
+    },
 }
 
 enum Item {
@@ -209,6 +229,7 @@ struct Relay {
     bytes_out: u64,
     relayed: u64,
     peer: Option<ConnHandle>,
+    mode: Mode,
 }
 
 fn is_would_block(e: &WsError) -> bool {
@@ -299,6 +320,7 @@ pub fn run(
         bytes_out: 0,
         relayed: 0,
         peer: None,
+        mode: Mode::Normal,
     };
     let end = relay.run_loop();
     let how = match &end {
@@ -313,6 +335,7 @@ pub fn run(
             format!("protocol violation, closed with {}: {}", v.code, v.reason)
         }
         End::Closed { code, reason } => format!("closed by the service with {code}: {reason}"),
+        End::Silenced(why) => format!("closed while silenced ({why}), without a close frame"),
         End::Dropped(why) => format!("dropped ({why})"),
         End::Error(e) => format!("connection error: {e}"),
         End::Gone => "detached".to_string(),
@@ -346,6 +369,8 @@ impl Relay {
                 paused = self.peer_backlogged();
             }
             paused |= self.own_backlogged();
+            // Silenced or told to stop reading: the socket is not read.
+            paused |= self.mode != Mode::Normal;
             let mut more = false;
             if !paused {
                 match self.read_burst() {
@@ -358,30 +383,62 @@ impl Relay {
                 match self.rx.try_recv() {
                     Ok(Out::Bytes(b)) => self.outq.push_back(Item::Bytes(b, 0)),
                     Ok(Out::Text(t)) => self.outq.push_back(Item::Text(t)),
+                    Ok(Out::Close { code, reason }) if self.mode == Mode::Silenced => {
+                        return self.finish(End::Silenced(format!("{code}: {reason}")));
+                    }
                     Ok(Out::Close { code, reason }) => {
                         return self.finish(End::Closed { code, reason });
                     }
                     Ok(Out::Drop) => return self.finish(End::Dropped("dropped on request")),
+                    Ok(Out::Silence(ack)) => {
+                        log::info!("tunnel {}: {} silenced", self.tunnel_id, self.side);
+                        self.mode = Mode::Silenced;
+                        let _ = ack.send(());
+                    }
+                    Ok(Out::StopReading { ping_interval, ack }) => {
+                        log::info!(
+                            "tunnel {}: {} no longer read (a ping every {ping_interval:?})",
+                            self.tunnel_id,
+                            self.side
+                        );
+                        if self.mode != Mode::Silenced {
+                            self.mode = Mode::StopReading {
+                                interval: ping_interval,
+                                next: Instant::now() + ping_interval,
+                            };
+                        }
+                        let _ = ack.send(());
+                    }
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
                 }
             }
             let mut wait = MAX_POLL;
-            match self.write_out() {
-                Ok(Some(d)) => wait = wait.min(d),
-                Ok(None) => {}
-                Err(end) => return self.finish(end),
+            if self.mode == Mode::Silenced {
+                // Nothing goes out: queued bytes wait (and, past the
+                // limit, pause the peer), the socket is not polled.
+            } else {
+                match self.write_out() {
+                    Ok(Some(d)) => wait = wait.min(d),
+                    Ok(None) => {}
+                    Err(end) => return self.finish(end),
+                }
+                match self.ping_due() {
+                    Ok(Some(d)) => wait = wait.min(d),
+                    Ok(None) => {}
+                    Err(end) => return self.finish(end),
+                }
             }
             if more {
                 wait = Duration::ZERO;
             }
-            if paused {
+            if paused && self.mode == Mode::Normal {
                 wait = wait.min(Duration::from_millis(10));
             }
             let mut events = 0;
             if !paused {
                 events |= libc::POLLIN;
             }
-            if self.write_blocked {
+            if self.write_blocked && self.mode != Mode::Silenced {
                 events |= libc::POLLOUT;
             }
             let mut fds = [
@@ -402,6 +459,37 @@ impl Relay {
             // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
         }
+    }
+
+    /// Sends the ping of `LocalTest.StopReading` when due; returns the time
+    /// to the next one.
+    fn ping_due(&mut self) -> Result<Option<Duration>, End> {
+        let Mode::StopReading { interval, next } = self.mode else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if now < next {
+            return Ok(Some(next - now));
+        }
+        if !self.write_blocked {
+            match self.ws.write(WsMessage::Ping(Vec::new())) {
+                Ok(()) => {}
+                Err(e) if is_would_block(&e) => self.write_blocked = true,
+                Err(e) => return Err(End::Error(e.to_string())),
+            }
+            if !self.write_blocked {
+                match self.ws.flush() {
+                    Ok(()) => {}
+                    Err(e) if is_would_block(&e) => self.write_blocked = true,
+                    Err(e) => return Err(End::Error(e.to_string())),
+                }
+            }
+        }
+        self.mode = Mode::StopReading {
+            interval,
+            next: now + interval,
+        };
+        Ok(Some(interval))
     }
 
     /// Whether the peer has more than PAUSE_ABOVE bytes waiting.
@@ -653,7 +741,7 @@ impl Relay {
             End::Violation(v) => Some((v.code, v.reason.clone())),
             End::Closed { code, reason } => Some((*code, reason.clone())),
             End::ClientClosed(_) => None,
-            End::Dropped(_) => {
+            End::Dropped(_) | End::Silenced(_) => {
                 let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
                 return end;
             }

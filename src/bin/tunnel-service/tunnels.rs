@@ -42,6 +42,15 @@ pub enum Out {
     Close { code: u16, reason: String },
     /// Drop the TCP connection without a close frame (fault injection).
     Drop,
+    /// Neither read nor write this connection any more (fault injection);
+    /// the relay acknowledges on the channel once it has stopped.
+    Silence(Sender<()>),
+    /// Stop reading this connection but keep writing to it, with a ping
+    /// every interval (fault injection); acknowledged like `Silence`.
+    StopReading {
+        ping_interval: Duration,
+        ack: Sender<()>,
+    },
 }
 
 /// Wakes a relay thread blocked in `poll`: a non-blocking eventfd (one
