@@ -443,7 +443,9 @@ impl Relay {
             }
             let mut fds = [
                 libc::pollfd {
-                    fd,
+                    // A silenced socket is not watched at all: its hang-up
+                    // would wake the loop again and again.
+                    fd: if self.mode == Mode::Silenced { -1 } else { fd },
                     events,
                     revents: 0,
                 },
@@ -458,6 +460,12 @@ impl Relay {
             // only when we are waiting for time, not for readiness.
             // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            if paused && fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                // Not reading, so no end of stream would be seen, and poll
+                // would return at once again and again: a connection reset
+                // or shut down both ways (POLLHUP) ends here.
+                return self.finish(End::ClientClosed("connection lost while not read".into()));
+            }
         }
     }
 
