@@ -32,3 +32,5 @@ for component in rustfmt clippy; do
 done
 
 make --no-print-directory pb-rs
+
+bash scripts/setup-python.sh

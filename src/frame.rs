@@ -118,10 +118,21 @@ impl FrameDecoder {
     /// sync (or carries a message we must not accept) and the caller decides
     /// what to do with the connection. Errors from `on_frame` are returned as
     /// they are.
-    pub fn decode<E, F>(&mut self, mut chunk: &[u8], mut on_frame: F) -> Result<(), E>
+    pub fn decode<E, F>(&mut self, chunk: &[u8], mut on_frame: F) -> Result<(), E>
     where
         E: From<FrameError>,
         F: FnMut(Decoded<'_>) -> Result<(), E>,
+    {
+        self.decode_raw(chunk, |_, d| on_frame(d))
+    }
+
+    /// [`decode`](Self::decode), also handing over each frame's bytes as
+    /// they were on the wire (length prefix included), for a relay that
+    /// checks frames and forwards them unchanged.
+    pub fn decode_raw<E, F>(&mut self, mut chunk: &[u8], mut on_frame: F) -> Result<(), E>
+    where
+        E: From<FrameError>,
+        F: FnMut(&[u8], Decoded<'_>) -> Result<(), E>,
     {
         // Finish a frame begun in an earlier chunk.
         if !self.carry.is_empty() {
@@ -143,7 +154,7 @@ impl FrameDecoder {
             let carried = std::mem::take(&mut self.carry);
             let result = decode_message(&carried[FRAME_LENGTH_PREFIX..], self.max_payload)
                 .map_err(E::from)
-                .and_then(&mut on_frame);
+                .and_then(|d| on_frame(&carried, d));
             // Keep the allocation for the next straddling frame.
             self.carry = carried;
             self.carry.clear();
@@ -156,7 +167,7 @@ impl FrameDecoder {
                 break;
             }
             let msg = decode_message(&chunk[FRAME_LENGTH_PREFIX..total], self.max_payload)?;
-            on_frame(msg)?;
+            on_frame(&chunk[..total], msg)?;
             chunk = &chunk[total..];
         }
         self.carry.extend_from_slice(chunk);
@@ -330,6 +341,23 @@ mod tests {
             assert_eq!(got, msgs, "split at {split}");
             assert_eq!(dec.pending(), 0);
             dec.finish().expect("nothing left over");
+        }
+    }
+
+    #[test]
+    fn raw_frames_are_the_bytes_on_the_wire_at_every_split() {
+        let bytes = frames(&sample());
+        for split in 0..=bytes.len() {
+            let mut dec = FrameDecoder::default();
+            let mut raw = Vec::new();
+            for c in [&bytes[..split], &bytes[split..]] {
+                dec.decode_raw::<FrameError, _>(c, |r, _| {
+                    raw.extend_from_slice(r);
+                    Ok(())
+                })
+                .expect("decodes");
+            }
+            assert_eq!(raw, bytes, "split at {split}");
         }
     }
 

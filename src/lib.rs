@@ -1,4 +1,6 @@
-//! AWS IoT Secure Tunneling local proxy and a local tunneling service.
+//! AWS IoT Secure Tunneling local proxy (the `tunnel-service` binary, a local
+//! tunneling service for tests and demos, is a client of this library's public
+//! API and not part of it).
 //!
 //! Where to look:
 //! - [`protocol`]: constants every side agrees on.
@@ -15,13 +17,11 @@ pub mod logging;
 pub mod notify;
 pub mod protocol;
 pub mod secret;
-pub mod service;
 pub mod session;
 pub mod sockets;
 pub mod stop;
 pub mod streams;
 pub mod tcp;
-pub mod tls;
 pub mod transport;
 
 /// Runs the proxy with `config` until the tunnel closes, a final error, or

@@ -56,6 +56,9 @@ pub const DEFAULT_WEB_PROXY_PORT: u16 = 3128;
 
 /// WebSocket close code of a normal close: the tunnel was closed or expired.
 pub const CLOSE_NORMAL: u16 = 1000;
+/// WebSocket close code of an endpoint going away: the local service uses
+/// it for the connections it closes when it is stopped (SIGTERM, SIGINT).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// WebSocket close code for a policy violation: the local service uses it for
 /// a broken protocol rule, a replaced connection and a rotated token.
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;

@@ -1,4 +1,5 @@
-//! Secrets (access and client tokens) wrapped so they never reach a log.
+//! Secrets (access and client tokens) wrapped so they never reach a log, and
+//! the random bytes they are made of.
 //!
 //! `Debug` and `Display` print a fixed placeholder; the value is read only
 //! through [`Secret::expose`], at the one place it goes on the wire.
@@ -38,9 +39,36 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Fills `buf` from OpenSSL's CSPRNG, falling back to `/dev/urandom`.
+/// Errors only when neither source works.
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    if openssl::rand::rand_bytes(buf).is_ok() {
+        return Ok(());
+    }
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// `n` random bytes as `2n` lowercase hex digits (client tokens, ids).
+pub fn random_hex(n: usize) -> std::io::Result<String> {
+    let mut b = vec![0u8; n];
+    fill_random(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_hex_has_the_length_and_alphabet_asked() {
+        let a = random_hex(32).expect("random");
+        assert_eq!(a.len(), 64);
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_ne!(a, random_hex(32).expect("random"));
+    }
 
     #[test]
     fn debug_and_display_print_nothing_of_the_value() {

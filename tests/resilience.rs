@@ -539,8 +539,8 @@ fn a_certificate_that_does_not_verify_is_refused_once_with_exit_2() {
     assert_certificate_refused(&service, &tunnel.destination_token, None);
     // -c with an unrelated CA.
     let other = temp_dir("other-ca");
-    let id = localproxy::tls::self_signed(&["localhost", "127.0.0.1"]).expect("cert");
-    localproxy::tls::write_ca_dir(&id.cert, &other).expect("ca dir");
+    let id = common::cert::self_signed(&["localhost", "127.0.0.1"]).expect("cert");
+    common::cert::write_ca_dir(&id.cert, &other, |p, d| std::fs::write(p, d)).expect("ca dir");
     assert_certificate_refused(&service, &tunnel.destination_token, Some(&other));
     let _ = std::fs::remove_dir_all(&other);
 }

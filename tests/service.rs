@@ -89,7 +89,9 @@ fn api_operations_have_the_aws_shapes() {
         "IoTSecuredTunneling.ListTunnels",
         json!({"maxResults": 1, "nextToken": token}),
     );
-    assert_eq!(page2["tunnelSummaries"][0]["tunnelId"], json!(id2));
+    // Newest first: the first page holds id2, the second the older id.
+    assert_eq!(page["tunnelSummaries"][0]["tunnelId"], json!(id2));
+    assert_eq!(page2["tunnelSummaries"][0]["tunnelId"], json!(id));
     assert!(page2.get("nextToken").is_none());
     let by_thing = svc.ok(
         "IoTSecuredTunneling.ListTunnels",
@@ -153,7 +155,7 @@ fn api_operations_have_the_aws_shapes() {
         let (status, _, e) = svc.call(target, &body.to_string());
         assert_eq!(
             (status, e["__type"].as_str()),
-            (400, Some("InvalidRequestException")),
+            (400, Some("ValidationException")),
             "{body}"
         );
     }
@@ -601,4 +603,208 @@ fn lifetime_expiry_closes_both_sides() {
     assert_eq!(expect_close(&mut s), (1000, "tunnel expired".to_string()));
     assert_eq!(expect_close(&mut d), (1000, "tunnel expired".to_string()));
     assert_eq!(svc.describe(&id)["status"], "CLOSED");
+}
+
+#[test]
+fn sigterm_and_sigint_close_connections_with_1001_and_exit_0() {
+    let _w = common::watchdog("signals", std::time::Duration::from_secs(60));
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut svc = Svc::start(&[]);
+        let (_, src, dst) = svc.open(&["SSH1"], 10);
+        let mut s = join(&svc, "source", &src, None);
+        let mut d = join(&svc, "destination", &dst, None);
+        recv(&mut s, &mut FrameDecoder::default(), 1);
+        recv(&mut d, &mut FrameDecoder::default(), 1);
+        assert!(svc.ca_dir.join("tunnel-service.pem").exists());
+        svc.signal(sig);
+        for ws in [&mut s, &mut d] {
+            assert_eq!(
+                expect_close(ws),
+                (1001, "service shutting down".to_string()),
+                "signal {sig}"
+            );
+        }
+        assert_eq!(
+            svc.wait_exit(std::time::Duration::from_secs(10)),
+            0,
+            "signal {sig}"
+        );
+        assert!(
+            !svc.ca_dir.exists(),
+            "the temporary CA directory {} is left behind",
+            svc.ca_dir.display()
+        );
+    }
+}
+
+#[test]
+fn serve_help_documents_serve() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunnel-service"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("tunnel-service serve:"), "{text}");
+    for needle in [
+        "--state-file",
+        "--cert-dir",
+        "--max-open-tunnels",
+        "LocalTest.Drop",
+        "LocalTest.Silence",
+        "LocalTest.StopReading",
+        "--drop-after-bytes",
+        "--request-timeout",
+        "SIGTERM",
+        "1001",
+    ] {
+        assert!(
+            text.contains(needle),
+            "serve --help lacks {needle}:\n{text}"
+        );
+    }
+    let general = std::process::Command::new(env!("CARGO_BIN_EXE_tunnel-service"))
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&general.stdout).contains("serve --help"));
+}
+
+/// Runs `tunnel-service serve ARGS` expecting it to fail at start; returns stderr.
+fn serve_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tunnel-service"))
+        .arg("serve")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{args:?} should fail to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn cert_dir_holds_a_checked_leaf_certificate_and_a_private_key() {
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::{X509StoreContext, X509};
+    use std::os::unix::fs::PermissionsExt;
+    let _w = common::watchdog("cert_dir", std::time::Duration::from_secs(60));
+    let dir = common::temp_dir("cert-dir").join("certs");
+    let dir_s = dir.to_str().expect("utf8").to_string();
+    let pem = {
+        let svc = Svc::start(&["--cert-dir", &dir_s]);
+        assert_eq!(svc.ca_dir, dir);
+        // The proxy side trusts it through the directory (as -c DIR does).
+        let (_, src, _) = svc.open(&["SSH1"], 5);
+        drop(join(&svc, "source", &src, None));
+        std::fs::read(dir.join("tunnel-service.pem")).expect("cert")
+    };
+    let key = dir.join("tunnel-service.key");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600);
+    let cert = X509::from_pem(&pem).expect("PEM");
+    let sans: Vec<String> = cert
+        .subject_alt_names()
+        .expect("SAN")
+        .iter()
+        .map(|n| {
+            n.dnsname().map(str::to_string).unwrap_or_else(|| {
+                let ip = n.ipaddress().expect("ip");
+                match ip.len() {
+                    4 => std::net::IpAddr::from(<[u8; 4]>::try_from(ip).expect("v4")).to_string(),
+                    _ => std::net::IpAddr::from(<[u8; 16]>::try_from(ip).expect("v6")).to_string(),
+                }
+            })
+        })
+        .collect();
+    assert_eq!(sans, ["localhost", "127.0.0.1", "::1"]);
+    // Not a CA: a certificate signed with its key does not verify through it.
+    let service_key = openssl::pkey::PKey::private_key_from_pem(&std::fs::read(&key).expect("key"))
+        .expect("key PEM");
+    let other = common::cert::self_signed(&["evil.example"]).expect("cert");
+    let mut b = X509::builder().expect("builder");
+    b.set_version(2).expect("v3");
+    b.set_subject_name(other.cert.subject_name())
+        .expect("subject");
+    b.set_issuer_name(cert.subject_name()).expect("issuer");
+    b.set_pubkey(&other.key).expect("pubkey");
+    b.set_not_before(cert.not_before()).expect("nb");
+    b.set_not_after(cert.not_after()).expect("na");
+    b.sign(&service_key, openssl::hash::MessageDigest::sha256())
+        .expect("sign");
+    let forged = b.build();
+    let mut store = X509StoreBuilder::new().expect("store");
+    store.add_cert(cert.clone()).expect("trust");
+    let store = store.build();
+    let chain = openssl::stack::Stack::new().expect("stack");
+    let mut ctx = X509StoreContext::new().expect("ctx");
+    let ok = ctx
+        .init(&store, &forged, &chain, |c| c.verify_cert())
+        .expect("verify runs");
+    assert!(
+        !ok,
+        "a certificate signed by the service's key must not verify"
+    );
+    let mut ctx = X509StoreContext::new().expect("ctx");
+    let ok = ctx
+        .init(&store, &cert, &chain, |c| c.verify_cert())
+        .expect("verify runs");
+    assert!(ok, "the service's own certificate verifies against itself");
+
+    // Reused on restart, unchanged.
+    {
+        let _svc = Svc::start(&["--cert-dir", &dir_s]);
+        assert_eq!(
+            std::fs::read(dir.join("tunnel-service.pem")).expect("cert"),
+            pem
+        );
+    }
+    // A key others can read is refused, naming it.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let err = serve_fails(&["--cert-dir", &dir_s]);
+    assert!(
+        err.contains("tunnel-service.key") && err.contains("mode 644"),
+        "{err}"
+    );
+    // A key that is not the certificate's is refused.
+    let wrong = common::cert::self_signed(&["localhost"]).expect("cert");
+    std::fs::remove_file(&key).expect("rm");
+    std::fs::write(&key, wrong.key.private_key_to_pem_pkcs8().expect("pem")).expect("write");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let err = serve_fails(&["--cert-dir", &dir_s]);
+    assert!(err.contains("is not the key of"), "{err}");
+    let _ = std::fs::remove_dir_all(dir.parent().expect("parent"));
+}
+
+#[test]
+fn state_file_is_private_and_a_planted_symlink_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let _w = common::watchdog("state_file", std::time::Duration::from_secs(60));
+    let dir = common::temp_dir("state-file");
+    let state = dir.join("state.json");
+    let state_s = state.to_str().expect("utf8").to_string();
+    {
+        let svc = Svc::start(&["--state-file", &state_s]);
+        svc.open(&["SSH1"], 5);
+    }
+    let mode = std::fs::metadata(&state)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, b"{}").expect("write");
+    std::fs::remove_file(&state).expect("rm");
+    std::os::unix::fs::symlink(&victim, &state).expect("symlink");
+    let err = serve_fails(&["--state-file", &state_s]);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"{}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,5 +1,10 @@
 //! Transport against a real TLS WebSocket server (and CONNECT proxies) on 127.0.0.1.
 
+#[path = "../src/bin/tunnel-service/cert.rs"]
+#[allow(dead_code)]
+mod cert;
+
+use cert::Identity;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -11,7 +16,7 @@ use std::time::{Duration, Instant};
 use localproxy::config::{Endpoint, Mode};
 use localproxy::protocol::{SUBPROTOCOL_V2, SUBPROTOCOL_V3};
 use localproxy::secret::Secret;
-use localproxy::tls::Identity;
+
 use localproxy::transport::{
     connect, ConnectError, ConnectOptions, Connection, Incoming, ProxyFailure, TransportError,
     WebProxy,
@@ -84,7 +89,7 @@ fn with_deadline<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
 
 fn identity() -> &'static Identity {
     static ID: OnceLock<Identity> = OnceLock::new();
-    ID.get_or_init(|| localproxy::tls::self_signed(&["localhost", "127.0.0.1"]).expect("cert"))
+    ID.get_or_init(|| cert::self_signed(&["localhost", "127.0.0.1"]).expect("cert"))
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -99,7 +104,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// A CA directory trusting `id`.
 fn ca_dir(id: &Identity) -> PathBuf {
     let dir = temp_dir("ca");
-    localproxy::tls::write_ca_dir(&id.cert, &dir).expect("ca dir");
+    cert::write_ca_dir(&id.cert, &dir, |p, d| std::fs::write(p, d)).expect("ca dir");
     dir
 }
 
@@ -575,8 +580,7 @@ fn untrusted_certificate_fails_with_a_hint_about_c() {
 fn host_name_mismatch_is_reported() {
     with_deadline(20, || {
         static OTHER: OnceLock<Identity> = OnceLock::new();
-        let other =
-            OTHER.get_or_init(|| localproxy::tls::self_signed(&["example.invalid"]).unwrap());
+        let other = OTHER.get_or_init(|| cert::self_signed(&["example.invalid"]).unwrap());
         let port = spawn_tls_server(other, |_s| {});
         let mut c = Client::new(port);
         c.capath = Some(ca_dir(other));

@@ -75,8 +75,8 @@ pub(crate) fn read_head<S: Read + HasMemIo>(
         }
         let start = acc.len().saturating_sub(3);
         acc.extend_from_slice(&buf[..n]);
-        if let Some(pos) = acc[start..].windows(4).position(|w| w == b"\r\n\r\n") {
-            let end = start + pos + 4;
+        if let Some(pos) = find_head_end(&acc, start) {
+            let end = pos + 4;
             let head = parse_head(&acc[..end]).map_err(HeadError::Malformed)?;
             return Ok((head, acc[end..].to_vec()));
         }
@@ -108,6 +108,29 @@ pub(crate) fn parse_head(raw: &[u8]) -> Result<ResponseHead, String> {
         .filter(|s| (100..=999).contains(s))
         .ok_or_else(|| format!("bad status code in {:?}", clip(status_line)))?;
     let status_text = parts.next().unwrap_or_default().trim().to_string();
+    let headers = parse_header_lines(lines)?;
+    Ok(ResponseHead {
+        status,
+        status_text,
+        headers,
+    })
+}
+
+/// Where the `\r\n\r\n` ending an HTTP head starts in `buf`, searching
+/// from offset `from` (pass the length already searched minus 3).
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + from)
+}
+
+/// The header lines of an HTTP/1.x head (after its first line, split at
+/// CRLF; empty lines skipped) as `(name, value)` pairs, both trimmed, in
+/// order. A line without `:` is an error naming it.
+pub fn parse_header_lines<'a>(
+    lines: impl Iterator<Item = &'a str>,
+) -> Result<Vec<(String, String)>, String> {
     let mut headers = Vec::new();
     for line in lines {
         if line.is_empty() {
@@ -118,11 +141,7 @@ pub(crate) fn parse_head(raw: &[u8]) -> Result<ResponseHead, String> {
             .ok_or_else(|| format!("bad header line {:?}", clip(line)))?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
-    Ok(ResponseHead {
-        status,
-        status_text,
-        headers,
-    })
+    Ok(headers)
 }
 
 /// At most 200 characters of `s`, for error messages.
@@ -155,6 +174,18 @@ mod tests {
         assert_eq!(h.status_text, "Forbidden");
         assert_eq!(h.header("x-status-reason"), Some("token spent"));
         assert_eq!(h.header("missing"), None);
+    }
+
+    #[test]
+    fn head_end_and_header_lines() {
+        let head = b"GET / HTTP/1.1\r\nA: 1\r\n\r\nrest";
+        assert_eq!(find_head_end(head, 0), Some(20));
+        assert_eq!(find_head_end(head, 21), None);
+        assert_eq!(
+            parse_header_lines(["A : 1 ", "", "b:2"].into_iter()).unwrap(),
+            vec![("A".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        assert!(parse_header_lines(["x"].into_iter()).is_err());
     }
 
     #[test]

@@ -24,8 +24,8 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::WebSocket;
 
 pub use error::{ConnectError, ProxyConfigError, ProxyFailure, TransportError};
-pub use http::host_port;
-pub use proxy::{no_proxy_matches, ProxyScheme, WebProxy};
+pub use http::{find_head_end, host_port, parse_header_lines};
+pub use proxy::{no_proxy_matches, percent_decode, ProxyScheme, WebProxy};
 pub use split::{Incoming, ShutdownHandle, WsReader, WsWriter};
 
 use crate::config::{Endpoint, Mode};

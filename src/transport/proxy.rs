@@ -204,7 +204,10 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), ProxyConfigError> {
     }
 }
 
-fn percent_decode(s: &str) -> Result<String, ProxyConfigError> {
+/// Decodes `%XX` escapes (credentials of a web proxy URL, query values of a
+/// request); a `%` without two hex digits or a result that is not UTF-8 is
+/// an error.
+pub fn percent_decode(s: &str) -> Result<String, ProxyConfigError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

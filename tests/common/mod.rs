@@ -4,6 +4,11 @@
 
 pub mod raw;
 
+/// The service's certificate generation, shared with the tests that need a
+/// TLS server of their own (the library has no certificate code).
+#[path = "../../src/bin/tunnel-service/cert.rs"]
+pub mod cert;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

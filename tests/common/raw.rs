@@ -25,6 +25,8 @@ pub struct Svc {
     pub data: String,
     pub api: String,
     pub ca_dir: PathBuf,
+    /// The CA directory is the service's temporary one (not --cert-dir).
+    temp_ca_dir: bool,
 }
 
 impl Svc {
@@ -53,6 +55,7 @@ impl Svc {
             data: field("data"),
             api: field("api"),
             ca_dir: PathBuf::from(field("ca_dir")),
+            temp_ca_dir: !extra.contains(&"--cert-dir"),
             child,
         }
     }
@@ -86,6 +89,34 @@ impl Svc {
         )
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends signal `sig` to the service.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits for the service to exit; returns its exit code (-1 for a signal).
+    pub fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "service did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10)); // polling interval, not synchronisation
+        }
+    }
+
     pub fn describe(&self, id: &str) -> Value {
         self.ok(
             "IoTSecuredTunneling.DescribeTunnel",
@@ -99,7 +130,9 @@ impl Drop for Svc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.ca_dir);
+        if self.temp_ca_dir {
+            let _ = std::fs::remove_dir_all(&self.ca_dir);
+        }
     }
 }
 

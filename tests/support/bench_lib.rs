@@ -703,7 +703,8 @@ struct TlsPipe {
 
 impl TlsPipe {
     fn start() -> TlsPipe {
-        let id = localproxy::tls::self_signed(&["localhost", "127.0.0.1"]).expect("certificate");
+        let id =
+            crate::common::cert::self_signed(&["localhost", "127.0.0.1"]).expect("certificate");
         let mut b =
             SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).expect("acceptor");
         b.set_certificate(&id.cert).expect("cert");

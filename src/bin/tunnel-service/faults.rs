@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::tunnels::Side;
+use crate::side::Side;
 
 /// The faults the service was started with.
 #[derive(Debug, Clone, Default)]

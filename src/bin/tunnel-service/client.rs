@@ -14,6 +14,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Why an API call failed.
 #[derive(Debug)]
 pub enum ClientError {
+    /// `--api` is not `host:port`.
+    Address(String),
     Io(String, std::io::Error),
     BadResponse(String),
     /// The service answered with an AWS error.
@@ -27,6 +29,7 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ClientError::Address(why) => write!(f, "--api {why}"),
             ClientError::Io(what, e) => write!(f, "{what}: {e}"),
             ClientError::BadResponse(why) => write!(f, "bad response from the service: {why}"),
             ClientError::Api {
@@ -42,7 +45,9 @@ impl std::error::Error for ClientError {}
 
 /// Calls `target` (e.g. `IoTSecuredTunneling.OpenTunnel`) at `api` (host:port).
 pub fn call(api: &str, target: &str, body: &Value) -> Result<Value, ClientError> {
-    let addr = api
+    let (host, port) =
+        localproxy::config::parse_host_port(api, None).map_err(ClientError::Address)?;
+    let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| ClientError::Io(format!("resolving {api}"), e))?
         .next()
@@ -54,7 +59,7 @@ pub fn call(api: &str, target: &str, body: &Value) -> Result<Value, ClientError>
     let body = body.to_string();
     let req = format!(
         "POST / HTTP/1.1\r\nHost: {api}\r\nX-Amz-Target: {target}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        super::api::CONTENT_TYPE,
+        crate::api::CONTENT_TYPE,
         body.len()
     );
     tcp.write_all(req.as_bytes())

@@ -2,7 +2,6 @@
 //! streams seen on each tunnel, behind one mutex shared by both planes.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,70 +11,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
 
-use crate::frame::{encode_frame, message, MessageType};
-use crate::protocol::{CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED};
-use crate::secret::Secret;
+use localproxy::frame::{encode_frame, message, MessageType};
+use localproxy::protocol::{
+    CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED,
+};
+use localproxy::secret::{fill_random, Secret};
 
-use super::faults::Faults;
-use super::random_token;
-use super::state;
+use crate::faults::Faults;
+use crate::model::ApiError;
+use crate::side::Side;
+use crate::state;
 
 /// Close reason sent when the tunnel is closed through the API.
 pub const CLOSE_REASON_TUNNEL_CLOSED: &str = "tunnel closed";
 /// Close reason sent when the tunnel's lifetime is over.
 pub const CLOSE_REASON_TUNNEL_EXPIRED: &str = "tunnel expired";
+/// Close reason sent to every connection when the service stops.
+pub const CLOSE_REASON_SHUTDOWN: &str = "service shutting down";
 /// Close reason sent when the connection's access token was rotated.
 pub const CLOSE_REASON_ROTATED: &str = "access token rotated";
-
-/// Which end of a tunnel a client is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    Source,
-    Destination,
-}
-
-impl Side {
-    /// Index into per-side arrays.
-    pub fn index(self) -> usize {
-        match self {
-            Side::Source => 0,
-            Side::Destination => 1,
-        }
-    }
-
-    /// The other end.
-    pub fn peer(self) -> Side {
-        match self {
-            Side::Source => Side::Destination,
-            Side::Destination => Side::Source,
-        }
-    }
-
-    /// The `local-proxy-mode` value of this side.
-    pub fn mode(self) -> &'static str {
-        match self {
-            Side::Source => "source",
-            Side::Destination => "destination",
-        }
-    }
-
-    /// Parses `source` / `destination` (any case).
-    pub fn parse(s: &str) -> Option<Side> {
-        if s.eq_ignore_ascii_case("source") {
-            Some(Side::Source)
-        } else if s.eq_ignore_ascii_case("destination") {
-            Some(Side::Destination)
-        } else {
-            None
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.mode())
-    }
-}
 
 /// What a connection's relay thread is asked to do.
 #[derive(Debug)]
@@ -88,66 +42,59 @@ pub enum Out {
     Close { code: u16, reason: String },
     /// Drop the TCP connection without a close frame (fault injection).
     Drop,
+    /// Neither read nor write this connection any more (fault injection);
+    /// the relay acknowledges on the channel once it has stopped.
+    Silence(Sender<()>),
+    /// Stop reading this connection but keep writing to it, with a ping
+    /// every interval (fault injection); acknowledged like `Silence`.
+    StopReading {
+        ping_interval: Duration,
+        ack: Sender<()>,
+    },
 }
 
-/// Wakes a relay thread blocked in `poll`: a non-blocking pipe.
+/// Wakes a relay thread blocked in `poll`: a non-blocking eventfd (one
+/// descriptor per connection).
 pub struct Waker {
-    read_fd: RawFd,
-    write_fd: RawFd,
+    fd: RawFd,
 }
 
 impl Waker {
-    /// A new pipe pair.
+    /// A new eventfd.
     pub fn new() -> std::io::Result<Waker> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
+        // SAFETY: eventfd with valid flags; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Waker {
-            read_fd: fds[0],
-            write_fd: fds[1],
-        })
+        Ok(Waker { fd })
     }
 
-    /// The end to poll for readability.
+    /// The descriptor to poll for readability.
     pub fn fd(&self) -> RawFd {
-        self.read_fd
+        self.fd
     }
 
-    /// Makes the poller return (a full pipe already means "wake up").
+    /// Makes the poller return (a saturated counter already means "wake up").
     pub fn wake(&self) {
-        let b = 1u8;
-        // SAFETY: writes one byte from a valid buffer to our own pipe fd.
-        let _ = unsafe { libc::write(self.write_fd, &b as *const u8 as *const libc::c_void, 1) };
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a valid u64 to our own eventfd.
+        let _ = unsafe { libc::write(self.fd, &one as *const u64 as *const libc::c_void, 8) };
     }
 
-    /// Empties the pipe after a wake-up.
+    /// Resets the counter after a wake-up.
     pub fn drain(&self) {
-        let mut buf = [0u8; 64];
-        loop {
-            // SAFETY: reads into a valid buffer of the given length from our own pipe fd.
-            let n = unsafe {
-                libc::read(
-                    self.read_fd,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-        }
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a valid u64 from our own eventfd.
+        let _ = unsafe { libc::read(self.fd, &mut n as *mut u64 as *mut libc::c_void, 8) };
     }
 }
 
 impl Drop for Waker {
     fn drop(&mut self) {
-        // SAFETY: both fds were opened by `new` and are closed only here.
+        // SAFETY: the fd was opened by `new` and is closed only here.
         unsafe {
-            libc::close(self.read_fd);
-            libc::close(self.write_fd);
+            libc::close(self.fd);
         }
     }
 }
@@ -156,7 +103,6 @@ impl Drop for Waker {
 #[derive(Clone)]
 pub struct ConnHandle {
     pub id: u64,
-    pub channel_id: String,
     tx: Sender<Out>,
     waker: Arc<Waker>,
     /// Bytes queued toward this client and not yet written (backpressure).
@@ -165,10 +111,9 @@ pub struct ConnHandle {
 
 impl ConnHandle {
     /// A handle over a relay thread's queue and waker.
-    pub fn new(id: u64, channel_id: String, tx: Sender<Out>, waker: Arc<Waker>) -> Self {
+    pub fn new(id: u64, tx: Sender<Out>, waker: Arc<Waker>) -> Self {
         ConnHandle {
             id,
-            channel_id,
             tx,
             waker,
             queued: Arc::new(AtomicUsize::new(0)),
@@ -201,28 +146,6 @@ impl Refusal {
     }
 }
 
-/// An error of a control-plane operation, as the AWS JSON protocol reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub kind: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn not_found(id: &str) -> Self {
-        ApiError {
-            kind: "ResourceNotFoundException",
-            message: format!("tunnel {id} not found"),
-        }
-    }
-    pub fn invalid(message: impl Into<String>) -> Self {
-        ApiError {
-            kind: "InvalidRequestException",
-            message: message.into(),
-        }
-    }
-}
-
 struct SideState {
     token: Secret,
     /// A handshake without a client token used the token up.
@@ -236,9 +159,9 @@ struct SideState {
 }
 
 impl SideState {
-    fn new(now: f64) -> Self {
+    fn new(token: Secret, now: f64) -> Self {
         SideState {
-            token: Secret::new(random_token()),
+            token,
             spent: false,
             client_token: None,
             conn: None,
@@ -249,9 +172,12 @@ impl SideState {
 }
 
 struct Tunnel {
+    /// Creation order (ListTunnels lists the highest first).
+    seq: u64,
     id: String,
     arn: String,
     description: Option<String>,
+    /// `{"key", "value"}` objects, keys unique, in the order given.
     tags: Vec<Value>,
     thing_name: Option<String>,
     services: Arc<Vec<String>>,
@@ -260,18 +186,25 @@ struct Tunnel {
     last_updated_at: f64,
     open: bool,
     expires_at: Instant,
+    /// When the tunnel closed (it is forgotten [`CLOSED_RETENTION`] later).
+    closed_at: Option<Instant>,
     sides: [SideState; 2],
     /// Current stream of each service id ("" for V1), from STREAM_START.
     streams: Vec<(String, i32)>,
 }
 
 impl Tunnel {
-    fn destination_config(&self) -> Value {
+    /// The DestinationConfig, absent for a tunnel opened without one (its
+    /// `services` would be an empty list, which the model does not allow).
+    fn destination_config(&self) -> Option<Value> {
+        if self.services.is_empty() {
+            return None;
+        }
         let mut c = json!({ "services": *self.services });
         if let Some(t) = &self.thing_name {
             c["thingName"] = json!(t);
         }
-        c
+        Some(c)
     }
 
     fn summary(&self) -> Value {
@@ -345,7 +278,9 @@ impl Tunnel {
         };
         let sides = v["sides"].as_array()?;
         let left = (v["expiresAtEpoch"].as_f64()? - now).max(0.0);
+        let open = v["open"].as_bool()?;
         Some(Tunnel {
+            seq: 0,
             id: v["id"].as_str()?.to_string(),
             arn: v["arn"].as_str()?.to_string(),
             description: v["description"].as_str().map(str::to_string),
@@ -361,8 +296,9 @@ impl Tunnel {
             lifetime_minutes: v["lifetimeMinutes"].as_u64()?,
             created_at: v["createdAt"].as_f64()?,
             last_updated_at: v["lastUpdatedAt"].as_f64()?,
-            open: v["open"].as_bool()?,
+            open,
             expires_at: Instant::now() + Duration::from_secs_f64(left.min(1e9)),
+            closed_at: (!open).then(Instant::now),
             sides: [side(sides.first()?)?, side(sides.get(1)?)?],
             streams: Vec::new(),
         })
@@ -410,9 +346,10 @@ impl Tunnel {
 
     fn close(&mut self, reason: &str, now: f64) {
         self.open = false;
+        self.closed_at = Some(Instant::now());
         self.last_updated_at = now;
         self.streams.clear();
-        for side in [Side::Source, Side::Destination] {
+        for side in Side::BOTH {
             if let Some(conn) = self.sides[side.index()].conn.take() {
                 conn.send(Out::Close {
                     code: CLOSE_NORMAL,
@@ -477,10 +414,26 @@ pub enum Route {
 
 struct Inner {
     tunnels: HashMap<String, Tunnel>,
-    /// Creation order, for ListTunnels.
+    /// Ids in creation order (ascending `seq`), for ListTunnels and saving.
     order: Vec<String>,
+    /// `seq` of the next tunnel opened.
+    next_seq: u64,
     tokens: HashMap<String, (String, Side)>,
     shutdown: bool,
+}
+
+impl Inner {
+    /// Removes a tunnel and its tokens; false when it was not there.
+    fn forget(&mut self, id: &str) -> bool {
+        let Some(t) = self.tunnels.remove(id) else {
+            return false;
+        };
+        for s in &t.sides {
+            self.tokens.remove(s.token.expose());
+        }
+        self.order.retain(|x| x != id);
+        true
+    }
 }
 
 /// All tunnels of the service.
@@ -493,9 +446,35 @@ pub struct Registry {
     account: String,
     next_conn: AtomicU64,
     pub faults: Faults,
+    /// OpenTunnel answers LimitExceededException with this many open.
+    max_open: usize,
     /// `--state-file`: where every change is saved.
     state_file: OnceLock<PathBuf>,
+    /// Relay threads running, and a signal when the count drops.
+    live: Mutex<usize>,
+    idle: Condvar,
 }
+
+/// Counts a relay thread as running until dropped.
+pub struct Live(Arc<Registry>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut n = self.0.live.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        self.0.idle.notify_all();
+    }
+}
+
+/// How long a closed tunnel stays visible to Describe and List (AWS: "at
+/// least three hours"), in units of the lifetime minute.
+pub const CLOSED_RETENTION_MINUTES: u32 = 180;
+/// Closed tunnels kept at most; the oldest are forgotten first.
+pub const MAX_CLOSED_KEPT: usize = 10_000;
+/// Tags of one tunnel at most (the model's TagList maximum).
+pub const MAX_TAGS: usize = 200;
+/// Default of `--max-open-tunnels`.
+pub const DEFAULT_MAX_OPEN_TUNNELS: usize = 1000;
 
 /// Seconds since the epoch, as the API's timestamps.
 pub fn now_epoch() -> f64 {
@@ -506,11 +485,17 @@ pub fn now_epoch() -> f64 {
 }
 
 impl Registry {
-    pub fn new(lifetime_unit: Duration, region: &str, faults: Faults) -> Arc<Registry> {
+    pub fn new(
+        lifetime_unit: Duration,
+        region: &str,
+        faults: Faults,
+        max_open: usize,
+    ) -> Arc<Registry> {
         Arc::new(Registry {
             inner: Mutex::new(Inner {
                 tunnels: HashMap::new(),
                 order: Vec::new(),
+                next_seq: 1,
                 tokens: HashMap::new(),
                 shutdown: false,
             }),
@@ -520,7 +505,10 @@ impl Registry {
             account: "123456789012".to_string(),
             next_conn: AtomicU64::new(1),
             faults,
+            max_open,
             state_file: OnceLock::new(),
+            live: Mutex::new(0),
+            idle: Condvar::new(),
         })
     }
 
@@ -532,7 +520,7 @@ impl Registry {
         let mut n = 0;
         if let Some(v) = loaded {
             for tv in v["tunnels"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                let Some(t) = Tunnel::from_state(tv) else {
+                let Some(mut t) = Tunnel::from_state(tv) else {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
@@ -541,10 +529,12 @@ impl Registry {
                         ),
                     ));
                 };
-                for (i, side) in [Side::Source, Side::Destination].into_iter().enumerate() {
+                for (i, side) in Side::BOTH.into_iter().enumerate() {
                     g.tokens
                         .insert(t.sides[i].token.expose().to_string(), (t.id.clone(), side));
                 }
+                t.seq = g.next_seq;
+                g.next_seq += 1;
                 g.order.push(t.id.clone());
                 g.tunnels.insert(t.id.clone(), t);
                 n += 1;
@@ -587,14 +577,16 @@ impl Registry {
     }
 
     /// OpenTunnel.
-    pub fn open(&self, p: OpenParams) -> Opened {
+    pub fn open(&self, p: OpenParams) -> Result<Opened, ApiError> {
         let now = now_epoch();
-        let id = uuid_like();
+        let id = uuid_like()?;
+        let (source_token, destination_token) = (random_token()?, random_token()?);
         let arn = format!("arn:aws:iot:{}:{}:tunnel/{id}", self.region, self.account);
         let lifetime = self
             .lifetime_unit
             .saturating_mul(u32::try_from(p.lifetime_minutes).unwrap_or(u32::MAX));
-        let t = Tunnel {
+        let mut t = Tunnel {
+            seq: 0,
             id: id.clone(),
             arn: arn.clone(),
             description: p.description,
@@ -606,7 +598,11 @@ impl Registry {
             last_updated_at: now,
             open: true,
             expires_at: Instant::now() + lifetime,
-            sides: [SideState::new(now), SideState::new(now)],
+            closed_at: None,
+            sides: [
+                SideState::new(source_token, now),
+                SideState::new(destination_token, now),
+            ],
             streams: Vec::new(),
         };
         let opened = Opened {
@@ -616,6 +612,15 @@ impl Registry {
             destination_token: t.sides[1].token.clone(),
         };
         let mut g = self.lock();
+        let open = g.tunnels.values().filter(|t| t.open).count();
+        if open >= self.max_open {
+            return Err(ApiError::limit(format!(
+                "{open} tunnels are open: this service allows {} at once (--max-open-tunnels); close one first",
+                self.max_open
+            )));
+        }
+        t.seq = g.next_seq;
+        g.next_seq += 1;
         g.tokens.insert(
             t.sides[0].token.expose().to_string(),
             (id.clone(), Side::Source),
@@ -630,7 +635,7 @@ impl Registry {
         drop(g);
         self.expiry.notify_all();
         log::info!("tunnel {id} opened");
-        opened
+        Ok(opened)
     }
 
     /// CloseTunnel: closes both sides normally; `delete` also forgets it.
@@ -645,12 +650,7 @@ impl Registry {
             log::info!("tunnel {id} closed");
         }
         if delete {
-            if let Some(t) = g.tunnels.remove(id) {
-                for s in &t.sides {
-                    g.tokens.remove(s.token.expose());
-                }
-            }
-            g.order.retain(|x| x != id);
+            g.forget(id);
             log::info!("tunnel {id} deleted");
         }
         self.persist(&g);
@@ -664,35 +664,87 @@ impl Registry {
         let mut v = t.summary();
         v["sourceConnectionState"] = t.connection_state(Side::Source);
         v["destinationConnectionState"] = t.connection_state(Side::Destination);
-        v["destinationConfig"] = t.destination_config();
+        if let Some(c) = t.destination_config() {
+            v["destinationConfig"] = c;
+        }
         v["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": t.lifetime_minutes });
-        v["tags"] = json!(t.tags);
+        if !t.tags.is_empty() {
+            v["tags"] = json!(t.tags);
+        }
         Ok(v)
     }
 
-    /// ListTunnels: summaries, newest last, filtered by thing name, paged by
-    /// an opaque offset token.
+    /// ListTunnels: summaries, newest first, filtered by thing name. A page
+    /// ends before `before` (the `seq` its token carries); returns the
+    /// `seq` to continue before when more remain.
     pub fn list(
         &self,
         thing: Option<&str>,
         max: usize,
-        start: usize,
-    ) -> (Vec<Value>, Option<usize>) {
+        before: Option<u64>,
+    ) -> (Vec<Value>, Option<u64>) {
         let g = self.lock();
-        let all: Vec<&Tunnel> = g
+        let mut matching = g
             .order
             .iter()
+            .rev()
             .filter_map(|id| g.tunnels.get(id))
-            .filter(|t| thing.map_or(true, |n| t.thing_name.as_deref() == Some(n)))
-            .collect();
-        let page: Vec<Value> = all
-            .iter()
-            .skip(start)
-            .take(max)
-            .map(|t| t.summary())
-            .collect();
-        let next = (start + page.len() < all.len()).then_some(start + page.len());
-        (page, next)
+            .filter(|t| before.map_or(true, |b| t.seq < b))
+            .filter(|t| thing.map_or(true, |n| t.thing_name.as_deref() == Some(n)));
+        let page: Vec<&Tunnel> = matching.by_ref().take(max).collect();
+        let next = match (matching.next(), page.last()) {
+            (Some(_), Some(last)) => Some(last.seq),
+            _ => None,
+        };
+        (page.iter().map(|t| t.summary()).collect(), next)
+    }
+
+    /// The tunnel an ARN names: `arn:aws:iot:REGION:ACCOUNT:tunnel/ID`.
+    fn by_arn<'a>(g: &'a mut Inner, arn: &str) -> Result<&'a mut Tunnel, ApiError> {
+        let id = arn.rsplit_once(":tunnel/").map_or("", |(_, id)| id);
+        g.tunnels
+            .get_mut(id)
+            .filter(|t| t.arn == arn)
+            .ok_or_else(|| ApiError::not_found(format!("resource {arn}")))
+    }
+
+    /// TagResource: adds tags (a key already there takes the new value).
+    pub fn tag(&self, arn: &str, tags: Vec<Value>) -> Result<(), ApiError> {
+        let mut g = self.lock();
+        let t = Self::by_arn(&mut g, arn)?;
+        let mut merged = t.tags.clone();
+        for tag in tags {
+            match merged.iter_mut().find(|x| x["key"] == tag["key"]) {
+                Some(old) => *old = tag,
+                None => merged.push(tag),
+            }
+        }
+        if merged.len() > MAX_TAGS {
+            return Err(ApiError::validation(format!(
+                "resource {arn} would have {} tags: at most {MAX_TAGS} allowed",
+                merged.len()
+            )));
+        }
+        t.tags = merged;
+        self.persist(&g);
+        Ok(())
+    }
+
+    /// UntagResource: removes the tags with these keys (absent keys are fine).
+    pub fn untag(&self, arn: &str, keys: &[String]) -> Result<(), ApiError> {
+        let mut g = self.lock();
+        let t = Self::by_arn(&mut g, arn)?;
+        t.tags
+            .retain(|x| !keys.iter().any(|k| x["key"].as_str() == Some(k)));
+        self.persist(&g);
+        Ok(())
+    }
+
+    /// ListTagsForResource: the tags, `None` when there are none.
+    pub fn tags(&self, arn: &str) -> Result<Option<Value>, ApiError> {
+        let mut g = self.lock();
+        let t = Self::by_arn(&mut g, arn)?;
+        Ok((!t.tags.is_empty()).then(|| json!(t.tags)))
     }
 
     /// RotateTunnelAccessToken.
@@ -703,6 +755,10 @@ impl Registry {
         new_config: Option<(Option<String>, Vec<String>)>,
     ) -> Result<Rotated, ApiError> {
         let now = now_epoch();
+        let mut fresh = Vec::new();
+        for _ in sides {
+            fresh.push(random_token()?);
+        }
         let mut g = self.lock();
         let inner = &mut *g;
         let t = inner
@@ -710,7 +766,9 @@ impl Registry {
             .get_mut(id)
             .ok_or_else(|| ApiError::not_found(id))?;
         if !t.open {
-            return Err(ApiError::invalid(format!("tunnel {id} is closed")));
+            return Err(ApiError::not_found(format!(
+                "open tunnel {id} (it is CLOSED: its tokens cannot be rotated)"
+            )));
         }
         let mut r = Rotated {
             tunnel_arn: t.arn.clone(),
@@ -723,7 +781,7 @@ impl Registry {
             }
             t.services = Arc::new(services);
         }
-        for &side in sides {
+        for (&side, token) in sides.iter().zip(fresh) {
             t.detach(
                 side,
                 Some((CLOSE_POLICY_VIOLATION, CLOSE_REASON_ROTATED)),
@@ -731,7 +789,7 @@ impl Registry {
             );
             let s = &mut t.sides[side.index()];
             inner.tokens.remove(s.token.expose());
-            s.token = Secret::new(random_token());
+            s.token = token;
             s.spent = false;
             s.client_token = None;
             inner
@@ -815,6 +873,9 @@ impl Registry {
     ) -> Result<Option<u64>, TunnelClosed> {
         let now = now_epoch();
         let mut g = self.lock();
+        if g.shutdown {
+            return Err(TunnelClosed);
+        }
         let t = g.tunnels.get_mut(id).ok_or(TunnelClosed)?;
         if !t.open {
             return Err(TunnelClosed);
@@ -891,10 +952,9 @@ impl Registry {
     pub fn send_to(&self, id: &str, side: Side, out: Out) -> Result<(), ApiError> {
         let g = self.lock();
         let t = g.tunnels.get(id).ok_or_else(|| ApiError::not_found(id))?;
-        let conn = t.sides[side.index()]
-            .conn
-            .as_ref()
-            .ok_or_else(|| ApiError::invalid(format!("no {side} connected to tunnel {id}")))?;
+        let conn = t.sides[side.index()].conn.as_ref().ok_or_else(|| {
+            ApiError::invalid_request(format!("no {side} connected to tunnel {id}"))
+        })?;
         conn.send(out);
         Ok(())
     }
@@ -907,18 +967,49 @@ impl Registry {
                 return;
             }
             let now = Instant::now();
+            let retention = self.lifetime_unit.saturating_mul(CLOSED_RETENTION_MINUTES);
             let mut next: Option<Instant> = None;
-            let mut expired = false;
-            for t in g.tunnels.values_mut().filter(|t| t.open) {
-                if t.expires_at <= now {
+            let mut changed = false;
+            let mut gone = Vec::new();
+            for t in g.tunnels.values_mut() {
+                if t.open && t.expires_at <= now {
                     t.close(CLOSE_REASON_TUNNEL_EXPIRED, now_epoch());
                     log::info!("tunnel {} expired", t.id);
-                    expired = true;
+                    changed = true;
+                }
+                let due = match t.closed_at {
+                    None => t.expires_at,
+                    Some(c) => c + retention,
+                };
+                if t.closed_at.is_some() && due <= now {
+                    gone.push(t.id.clone());
                 } else {
-                    next = Some(next.map_or(t.expires_at, |n| n.min(t.expires_at)));
+                    next = Some(next.map_or(due, |n| n.min(due)));
                 }
             }
-            if expired {
+            // Closed tunnels beyond the cap go first, oldest first.
+            let closed = g
+                .order
+                .iter()
+                .filter(|id| g.tunnels.get(*id).is_some_and(|t| !t.open));
+            let excess: Vec<String> = closed
+                .take(
+                    g.tunnels
+                        .values()
+                        .filter(|t| !t.open)
+                        .count()
+                        .saturating_sub(MAX_CLOSED_KEPT),
+                )
+                .cloned()
+                .collect();
+            gone.extend(excess);
+            for id in gone {
+                if g.forget(&id) {
+                    log::info!("tunnel {id} forgotten (closed {CLOSED_RETENTION_MINUTES} minutes ago, or too many closed)");
+                    changed = true;
+                }
+            }
+            if changed {
                 self.persist(&g);
             }
             let wait = next.map_or(Duration::from_secs(3600), |n| n - now);
@@ -930,30 +1021,76 @@ impl Registry {
         }
     }
 
-    /// Stops the expiry thread and closes every tunnel.
+    /// Stops the expiry thread and closes every connection with 1001
+    /// (going away). The tunnels stay open: a service restarted with the
+    /// same `--state-file` still has them.
     pub fn shutdown(&self) {
         let mut g = self.lock();
         g.shutdown = true;
-        let now = now_epoch();
-        for t in g.tunnels.values_mut().filter(|t| t.open) {
-            t.close(CLOSE_REASON_TUNNEL_CLOSED, now);
+        for t in g.tunnels.values_mut() {
+            for side in Side::BOTH {
+                if let Some(conn) = t.sides[side.index()].conn.take() {
+                    conn.send(Out::Close {
+                        code: CLOSE_GOING_AWAY,
+                        reason: CLOSE_REASON_SHUTDOWN.to_string(),
+                    });
+                }
+            }
+            t.streams.clear();
         }
         drop(g);
         self.expiry.notify_all();
     }
+
+    /// Counts a relay thread as running while the guard lives.
+    pub fn live(self: &Arc<Self>) -> Live {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Live(self.clone())
+    }
+
+    /// Waits until no relay thread runs, at most `limit`; false on time-out.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        let n = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, _) = self
+            .idle
+            .wait_timeout_while(n, limit, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        *n == 0
+    }
 }
 
 /// A random UUID-shaped tunnel id.
-fn uuid_like() -> String {
-    let mut b = [0u8; 16];
-    super::fill_random(&mut b);
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
+fn uuid_like() -> Result<String, ApiError> {
+    let h = localproxy::secret::random_hex(16).map_err(no_randomness)?;
+    Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
         &h[8..12],
         &h[12..16],
         &h[16..20],
         &h[20..32]
-    )
+    ))
+}
+
+/// A new access token: `AQGA` then 96 random bytes in URL-safe base64 (132
+/// characters). The fixed prefix (as on AWS) keeps a token from starting
+/// with `-`, which a command line would take for an option.
+fn random_token() -> Result<Secret, ApiError> {
+    let mut b = [0u8; 96];
+    fill_random(&mut b).map_err(no_randomness)?;
+    let body: String = openssl::base64::encode_block(&b)
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect();
+    Ok(Secret::new(format!("AQGA{body}")))
+}
+
+fn no_randomness(e: std::io::Error) -> ApiError {
+    log::error!("no source of randomness: {e}");
+    ApiError::internal("the service has no source of randomness for tokens")
 }

@@ -1,8 +1,12 @@
-//! Minimal HTTP/1.1 request-head reading and parsing shared by the control
-//! plane and the WebSocket handshake (no HTTP crate needed for either).
+//! Minimal HTTP/1.1 requests and responses for the control plane and the
+//! WebSocket handshake: reading a request head with a size limit, its
+//! request line, and writing responses. Header lines, the end of a head and
+//! percent-decoding are the library's (`localproxy::transport`).
 
 use std::fmt;
 use std::io::{self, Read, Write};
+
+use localproxy::transport::{find_head_end, parse_header_lines, percent_decode};
 
 /// Why a request head could not be read.
 #[derive(Debug)]
@@ -43,8 +47,6 @@ pub struct RequestHead {
     /// The request target as sent (path and query).
     pub target: String,
     pub headers: Vec<(String, String)>,
-    /// Size of the head in bytes, terminator included.
-    pub len: usize,
 }
 
 impl RequestHead {
@@ -62,24 +64,14 @@ impl RequestHead {
         if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
             return Err(HeadError::Malformed(format!("bad request line {line:?}")));
         }
-        let mut headers = Vec::new();
-        for l in lines {
-            if l.is_empty() {
-                continue;
-            }
-            let (name, value) = l
-                .split_once(':')
-                .ok_or_else(|| HeadError::Malformed(format!("bad header line {l:?}")))?;
-            if name.is_empty() || name.contains(' ') {
-                return Err(HeadError::Malformed(format!("bad header name {name:?}")));
-            }
-            headers.push((name.to_string(), value.trim().to_string()));
+        let headers = parse_header_lines(lines).map_err(HeadError::Malformed)?;
+        if let Some((name, _)) = headers.iter().find(|(n, _)| n.is_empty()) {
+            return Err(HeadError::Malformed(format!("bad header name {name:?}")));
         }
         Ok(RequestHead {
             method: method.to_string(),
             target: target.to_string(),
             headers,
-            len: head.len(),
         })
     }
 
@@ -101,16 +93,22 @@ impl RequestHead {
         self.target.split('?').next().unwrap_or("")
     }
 
-    /// Query parameters, percent-decoded.
-    pub fn query(&self) -> Vec<(String, String)> {
+    /// Query parameters, percent-decoded; an invalid escape is an error
+    /// naming the parameter.
+    pub fn query(&self) -> Result<Vec<(String, String)>, String> {
         let Some((_, q)) = self.target.split_once('?') else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         q.split('&')
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k), percent_decode(v))
+                match (percent_decode(k), percent_decode(v)) {
+                    (Ok(k), Ok(v)) => Ok((k, v)),
+                    _ => Err(format!(
+                        "query parameter {p:?}: a `%` not followed by two hex digits, or not UTF-8"
+                    )),
+                }
             })
             .collect()
     }
@@ -123,29 +121,6 @@ impl RequestHead {
     }
 }
 
-/// Decodes `%XX` escapes and `+` as space; invalid escapes stay as they are.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Reads from `r` until the end of a request head. `carry` holds bytes read
 /// earlier; on success returns the head (terminator included) and leaves in
 /// `carry` the bytes that followed it. The head must be shorter than `limit`.
@@ -156,7 +131,7 @@ pub fn read_head<R: Read>(
 ) -> Result<Vec<u8>, HeadError> {
     let mut searched = 0;
     loop {
-        if let Some(pos) = find_terminator(carry, searched) {
+        if let Some(pos) = find_head_end(carry, searched) {
             let end = pos + 4;
             if end >= limit {
                 return Err(HeadError::TooLarge { have: end, limit });
@@ -184,17 +159,6 @@ pub fn read_head<R: Read>(
     }
 }
 
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
-}
-
-fn find_terminator(buf: &[u8], from: usize) -> Option<usize> {
-    buf.get(from..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + from)
-}
-
 /// The standard phrase of the status codes this crate sends.
 pub fn status_text(status: u16) -> &'static str {
     match status {
@@ -208,6 +172,7 @@ pub fn status_text(status: u16) -> &'static str {
         411 => "Length Required",
         413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         500 => "Internal Server Error",
         _ => "Unknown",
     }
@@ -248,7 +213,7 @@ mod tests {
         assert_eq!(h.path(), "/tunnel");
         assert_eq!(
             h.query(),
-            vec![("local-proxy-mode".into(), "source".into())]
+            Ok(vec![("local-proxy-mode".into(), "source".into())])
         );
         assert_eq!(h.all("a").collect::<Vec<_>>(), vec!["1", "2"]);
     }
@@ -265,7 +230,17 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b+c%zz%4"), "a b c%zz%4");
+    fn query_values_are_percent_decoded_and_bad_escapes_refused() {
+        let h = |t: &str| {
+            RequestHead::parse(format!("GET {t} HTTP/1.1\r\n\r\n").as_bytes()).expect("parses")
+        };
+        assert_eq!(
+            h("/t?a=x%20y&b").query(),
+            Ok(vec![
+                ("a".into(), "x y".into()),
+                ("b".into(), String::new())
+            ])
+        );
+        assert!(h("/t?a=%zz").query().expect_err("bad").contains("a=%zz"));
     }
 }

@@ -5,15 +5,17 @@
 //! waits in `poll(2)` on the socket and on a wake-up pipe signalled whenever
 //! something is queued for it, so reads and writes never block each other.
 //! Incoming binary messages are reassembled into tunnel frames, each frame is
-//! checked against the rules of PROTOCOL.md section 3, and the raw bytes of
+//! checked against the protocol's rules (see [`validate`]), and the raw bytes of
 //! whole frames go to the peer's queue. Outgoing bytes are coalesced into
 //! binary messages of up to 131076 bytes (or re-chunked by the fault
-//! injector). A client whose peer has more than [`PAUSE_ABOVE`] bytes
-//! queued is not read from until the peer catches up (backpressure).
+//! injector). A client whose peer, or who itself, has more than
+//! [`PAUSE_ABOVE`] bytes queued is not read from until the queue drains
+//! (backpressure): a client's outbound queue is bounded by about
+//! `PAUSE_ABOVE` plus one read burst, whether it reads or not.
 //!
 //! Close codes: 1000 tunnel closed or expired; 1008 protocol rule broken,
 //! connection replaced by a newer one with the same token
-//! ([`CLOSE_REASON_REPLACED`](crate::protocol::CLOSE_REASON_REPLACED)) or
+//! ([`CLOSE_REASON_REPLACED`](localproxy::protocol::CLOSE_REASON_REPLACED)) or
 //! access token rotated; 1003 text frame; 1009 frame over 131076 bytes.
 
 use std::collections::VecDeque;
@@ -29,15 +31,20 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Error as WsError, Message as WsMessage, WebSocket};
 
-use crate::frame::{decode_message, encode_frame, message, Decoded, MessageType};
-use crate::protocol::{
+use localproxy::frame::{encode_frame, message, Decoded, FrameDecoder, FrameError, MessageType};
+use localproxy::protocol::{
     CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, FRAME_LENGTH_PREFIX,
     MAX_PAYLOAD_SIZE, MAX_WEBSOCKET_FRAME, SUBPROTOCOL_V1,
 };
 
-use super::faults::{Throttle, XorShift};
-use super::handshake::Stream;
-use super::tunnels::{Admission, ConnHandle, Out, Registry, Route, Side, StreamEvent, Waker};
+use crate::faults::{Throttle, XorShift};
+use crate::gate::Ticket;
+use crate::side::Side;
+use crate::stream::Stream;
+use crate::tunnels::{
+    Admission, ConnHandle, Out, Registry, Route, StreamEvent, TunnelClosed, Waker,
+    CLOSE_REASON_TUNNEL_CLOSED,
+};
 
 /// Stop reading a client while its peer has this many bytes queued.
 pub const PAUSE_ABOVE: usize = 8 << 20;
@@ -64,20 +71,26 @@ impl Violation {
     }
 }
 
-/// Checks one serialized message (without its length prefix) sent by a
-/// client of `side` on a tunnel with `services`; returns the stream event it
-/// carries, if any.
+impl From<FrameError> for Violation {
+    fn from(e: FrameError) -> Self {
+        Violation::policy(e.to_string())
+    }
+}
+
+/// Checks one frame sent by a client of `side` on a tunnel with `services`:
+/// `raw` as received (length prefix included) and `decoded` by the codec.
+/// Returns the stream event it carries, if any.
 pub fn validate(
-    body: &[u8],
+    raw: &[u8],
+    decoded: Decoded<'_>,
     side: Side,
     services: &[String],
 ) -> Result<Option<StreamEvent>, Violation> {
-    let m = match decode_message(body, MAX_PAYLOAD_SIZE) {
-        Ok(Decoded::Message(m)) => m,
-        Ok(Decoded::Ignored { .. }) => return Ok(None),
-        Err(e) => return Err(Violation::policy(e.to_string())),
+    let m = match decoded {
+        Decoded::Message(m) => m,
+        Decoded::Ignored { .. } => return Ok(None),
     };
-    check_fields(body)?;
+    check_fields(&raw[FRAME_LENGTH_PREFIX..])?;
     let t = m.type_pb;
     match t {
         MessageType::SERVICE_IDS | MessageType::SESSION_RESET => {
@@ -141,48 +154,55 @@ fn check_fields(body: &[u8]) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Splits complete frames off `carry` + `data`, checking each; returns the
-/// raw bytes of the complete frames and the stream events, keeping an
-/// incomplete tail in `carry`.
+/// Feeds one binary message to the connection's frame decoder (frames may
+/// span messages), checking each complete frame; returns the bytes of the
+/// complete frames, unchanged, and their stream events.
 fn take_frames(
-    carry: &mut Vec<u8>,
+    decoder: &mut FrameDecoder,
     data: &[u8],
     side: Side,
     services: &[String],
 ) -> Result<(Vec<u8>, Vec<StreamEvent>), Violation> {
-    let joined;
-    let buf: &[u8] = if carry.is_empty() {
-        data
-    } else {
-        carry.extend_from_slice(data);
-        joined = std::mem::take(carry);
-        &joined
-    };
-    let mut pos = 0;
+    let mut out = Vec::with_capacity(data.len() + decoder.pending());
     let mut events = Vec::new();
-    while buf.len() - pos >= FRAME_LENGTH_PREFIX {
-        let len = usize::from(u16::from_be_bytes([buf[pos], buf[pos + 1]]));
-        let end = pos + FRAME_LENGTH_PREFIX + len;
-        if end > buf.len() {
-            break;
-        }
-        if let Some(e) = validate(&buf[pos + FRAME_LENGTH_PREFIX..end], side, services)? {
+    decoder.decode_raw::<Violation, _>(data, |raw, decoded| {
+        if let Some(e) = validate(raw, decoded, side, services)? {
             events.push(e);
         }
-        pos = end;
-    }
-    *carry = buf[pos..].to_vec();
-    Ok((buf[..pos].to_vec(), events))
+        out.extend_from_slice(raw);
+        Ok(())
+    })?;
+    Ok((out, events))
 }
 
 /// How a connection ended, for the log.
 enum End {
+    /// Ended while silenced: closed without a word (no close frame).
+    Silenced(String),
     ClientClosed(String),
     Violation(Violation),
-    Closed { code: u16, reason: String },
+    Closed {
+        code: u16,
+        reason: String,
+    },
     Dropped(&'static str),
     Error(String),
     Gone,
+}
+
+/// What the relay does with its client (fault injection changes it for
+/// the rest of the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Normal,
+    /// `LocalTest.Silence`: no reads, no writes, not even pongs.
+    Silenced,
+    /// `LocalTest.StopReading`: no reads; writes go on, plus a ping every
+    /// `interval` (the next one due at `next`).
+    StopReading {
+        interval: Duration,
+        next: Instant,
+    },
 }
 
 enum Item {
@@ -198,7 +218,7 @@ struct Relay {
     conn: ConnHandle,
     rx: Receiver<Out>,
     waker: Arc<Waker>,
-    carry: Vec<u8>,
+    decoder: FrameDecoder,
     outq: VecDeque<Item>,
     write_blocked: bool,
     rng: Option<XorShift>,
@@ -209,6 +229,7 @@ struct Relay {
     bytes_out: u64,
     relayed: u64,
     peer: Option<ConnHandle>,
+    mode: Mode,
 }
 
 fn is_would_block(e: &WsError) -> bool {
@@ -218,12 +239,14 @@ fn is_would_block(e: &WsError) -> bool {
 /// Runs a connection until it ends; the handshake has been answered.
 pub fn run(
     ws: WebSocket<Stream>,
+    _ticket: Ticket,
     adm: Admission,
     subprotocol: &str,
     channel_id: String,
     peer_addr: String,
     registry: Arc<Registry>,
 ) {
+    let _live = registry.live();
     let mut ws = ws;
     let waker = match Waker::new() {
         Ok(w) => Arc::new(w),
@@ -240,7 +263,7 @@ pub fn run(
     };
     let (tx, rx) = crossbeam_channel::unbounded();
     let conn_id = registry.next_conn_id();
-    let conn = ConnHandle::new(conn_id, channel_id.clone(), tx, waker.clone());
+    let conn = ConnHandle::new(conn_id, tx, waker.clone());
     if subprotocol != SUBPROTOCOL_V1 {
         let services = registry
             .services(&adm.tunnel_id)
@@ -255,7 +278,7 @@ pub fn run(
     }
     let drop_after = match registry.register(&adm.tunnel_id, adm.side, conn.clone()) {
         Ok(d) => d,
-        Err(super::tunnels::TunnelClosed) => {
+        Err(TunnelClosed) => {
             log::info!(
                 "tunnel {}: closed before the {} could join",
                 adm.tunnel_id,
@@ -263,7 +286,7 @@ pub fn run(
             );
             let _ = ws.close(Some(CloseFrame {
                 code: CloseCode::Normal,
-                reason: super::tunnels::CLOSE_REASON_TUNNEL_CLOSED.into(),
+                reason: CLOSE_REASON_TUNNEL_CLOSED.into(),
             }));
             let _ = ws.flush();
             return;
@@ -289,7 +312,7 @@ pub fn run(
         conn,
         rx,
         waker,
-        carry: Vec::new(),
+        decoder: FrameDecoder::new(MAX_PAYLOAD_SIZE),
         outq: VecDeque::new(),
         write_blocked: false,
         drop_after,
@@ -297,6 +320,7 @@ pub fn run(
         bytes_out: 0,
         relayed: 0,
         peer: None,
+        mode: Mode::Normal,
     };
     let end = relay.run_loop();
     let how = match &end {
@@ -311,6 +335,7 @@ pub fn run(
             format!("protocol violation, closed with {}: {}", v.code, v.reason)
         }
         End::Closed { code, reason } => format!("closed by the service with {code}: {reason}"),
+        End::Silenced(why) => format!("closed while silenced ({why}), without a close frame"),
         End::Dropped(why) => format!("dropped ({why})"),
         End::Error(e) => format!("connection error: {e}"),
         End::Gone => "detached".to_string(),
@@ -343,6 +368,9 @@ impl Relay {
                 }
                 paused = self.peer_backlogged();
             }
+            paused |= self.own_backlogged();
+            // Silenced or told to stop reading: the socket is not read.
+            paused |= self.mode != Mode::Normal;
             let mut more = false;
             if !paused {
                 match self.read_burst() {
@@ -355,35 +383,69 @@ impl Relay {
                 match self.rx.try_recv() {
                     Ok(Out::Bytes(b)) => self.outq.push_back(Item::Bytes(b, 0)),
                     Ok(Out::Text(t)) => self.outq.push_back(Item::Text(t)),
+                    Ok(Out::Close { code, reason }) if self.mode == Mode::Silenced => {
+                        return self.finish(End::Silenced(format!("{code}: {reason}")));
+                    }
                     Ok(Out::Close { code, reason }) => {
                         return self.finish(End::Closed { code, reason });
                     }
                     Ok(Out::Drop) => return self.finish(End::Dropped("dropped on request")),
+                    Ok(Out::Silence(ack)) => {
+                        log::info!("tunnel {}: {} silenced", self.tunnel_id, self.side);
+                        self.mode = Mode::Silenced;
+                        let _ = ack.send(());
+                    }
+                    Ok(Out::StopReading { ping_interval, ack }) => {
+                        log::info!(
+                            "tunnel {}: {} no longer read (a ping every {ping_interval:?})",
+                            self.tunnel_id,
+                            self.side
+                        );
+                        if self.mode != Mode::Silenced {
+                            self.mode = Mode::StopReading {
+                                interval: ping_interval,
+                                next: Instant::now() + ping_interval,
+                            };
+                        }
+                        let _ = ack.send(());
+                    }
                     Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
                 }
             }
             let mut wait = MAX_POLL;
-            match self.write_out() {
-                Ok(Some(d)) => wait = wait.min(d),
-                Ok(None) => {}
-                Err(end) => return self.finish(end),
+            if self.mode == Mode::Silenced {
+                // Nothing goes out: queued bytes wait (and, past the
+                // limit, pause the peer), the socket is not polled.
+            } else {
+                match self.write_out() {
+                    Ok(Some(d)) => wait = wait.min(d),
+                    Ok(None) => {}
+                    Err(end) => return self.finish(end),
+                }
+                match self.ping_due() {
+                    Ok(Some(d)) => wait = wait.min(d),
+                    Ok(None) => {}
+                    Err(end) => return self.finish(end),
+                }
             }
             if more {
                 wait = Duration::ZERO;
             }
-            if paused {
+            if paused && self.mode == Mode::Normal {
                 wait = wait.min(Duration::from_millis(10));
             }
             let mut events = 0;
             if !paused {
                 events |= libc::POLLIN;
             }
-            if self.write_blocked {
+            if self.write_blocked && self.mode != Mode::Silenced {
                 events |= libc::POLLOUT;
             }
             let mut fds = [
                 libc::pollfd {
-                    fd,
+                    // A silenced socket is not watched at all: its hang-up
+                    // would wake the loop again and again.
+                    fd: if self.mode == Mode::Silenced { -1 } else { fd },
                     events,
                     revents: 0,
                 },
@@ -398,7 +460,44 @@ impl Relay {
             // only when we are waiting for time, not for readiness.
             // SAFETY: `fds` is a valid array of two pollfd for the call's duration.
             unsafe { libc::poll(fds.as_mut_ptr(), 2, ms) };
+            if paused && fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                // Not reading, so no end of stream would be seen, and poll
+                // would return at once again and again: a connection reset
+                // or shut down both ways (POLLHUP) ends here.
+                return self.finish(End::ClientClosed("connection lost while not read".into()));
+            }
         }
+    }
+
+    /// Sends the ping of `LocalTest.StopReading` when due; returns the time
+    /// to the next one.
+    fn ping_due(&mut self) -> Result<Option<Duration>, End> {
+        let Mode::StopReading { interval, next } = self.mode else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if now < next {
+            return Ok(Some(next - now));
+        }
+        if !self.write_blocked {
+            match self.ws.write(WsMessage::Ping(Vec::new())) {
+                Ok(()) => {}
+                Err(e) if is_would_block(&e) => self.write_blocked = true,
+                Err(e) => return Err(End::Error(e.to_string())),
+            }
+            if !self.write_blocked {
+                match self.ws.flush() {
+                    Ok(()) => {}
+                    Err(e) if is_would_block(&e) => self.write_blocked = true,
+                    Err(e) => return Err(End::Error(e.to_string())),
+                }
+            }
+        }
+        self.mode = Mode::StopReading {
+            interval,
+            next: now + interval,
+        };
+        Ok(Some(interval))
     }
 
     /// Whether the peer has more than PAUSE_ABOVE bytes waiting.
@@ -406,6 +505,13 @@ impl Relay {
         self.peer
             .as_ref()
             .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE)
+    }
+
+    /// Whether this client has more than PAUSE_ABOVE bytes waiting for it:
+    /// reading it could queue more for it (stream resets of streams it
+    /// starts without a peer), so a client that does not read is not read.
+    fn own_backlogged(&self) -> bool {
+        self.conn.queued.load(Ordering::Acquire) > PAUSE_ABOVE
     }
 
     /// Reads up to READ_BURST messages; `Ok(true)` when more may be waiting.
@@ -451,7 +557,7 @@ impl Relay {
                 }
                 Err(WsError::Protocol(e)) => {
                     return Err(End::Violation(Violation {
-                        code: crate::protocol::CLOSE_POLICY_VIOLATION,
+                        code: CLOSE_POLICY_VIOLATION,
                         reason: format!("WebSocket protocol error: {e}"),
                     }))
                 }
@@ -470,7 +576,7 @@ impl Relay {
             None => return Err(End::Gone),
         };
         let (frames, events) =
-            take_frames(&mut self.carry, data, self.side, &services).map_err(End::Violation)?;
+            take_frames(&mut self.decoder, data, self.side, &services).map_err(End::Violation)?;
         let starts: Vec<(String, i32)> = events
             .iter()
             .filter_map(|e| match e {
@@ -643,7 +749,7 @@ impl Relay {
             End::Violation(v) => Some((v.code, v.reason.clone())),
             End::Closed { code, reason } => Some((*code, reason.clone())),
             End::ClientClosed(_) => None,
-            End::Dropped(_) => {
+            End::Dropped(_) | End::Silenced(_) => {
                 let _ = self.ws.get_ref().tcp().shutdown(std::net::Shutdown::Both);
                 return end;
             }
@@ -693,10 +799,15 @@ impl Relay {
 mod tests {
     use super::*;
 
-    fn frame(m: &crate::frame::Message<'_>) -> Vec<u8> {
+    fn frame(m: &localproxy::frame::Message<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         encode_frame(m, &mut out).expect("encodes");
         out
+    }
+
+    fn check(f: &[u8], side: Side, svcs: &[String]) -> Result<Option<StreamEvent>, Violation> {
+        let d = localproxy::frame::decode_message(&f[2..], MAX_PAYLOAD_SIZE)?;
+        validate(f, d, side, svcs)
     }
 
     #[test]
@@ -704,32 +815,32 @@ mod tests {
         let svcs = vec!["SSH1".to_string()];
         let ok = frame(&message(MessageType::STREAM_START, 1, "SSH1", 1, b""));
         assert_eq!(
-            validate(&ok[2..], Side::Source, &svcs),
+            check(&ok, Side::Source, &svcs),
             Ok(Some(StreamEvent::Start {
                 service: "SSH1".into(),
                 stream: 1
             }))
         );
-        assert!(validate(&ok[2..], Side::Destination, &svcs).is_err());
+        assert!(check(&ok, Side::Destination, &svcs).is_err());
         let zero = frame(&message(MessageType::DATA, 0, "SSH1", 1, b"x"));
-        assert!(validate(&zero[2..], Side::Source, &svcs)
+        assert!(check(&zero, Side::Source, &svcs)
             .expect_err("0")
             .reason
             .contains("stream id 0"));
         let unknown = frame(&message(MessageType::DATA, 1, "WEB", 1, b"x"));
-        assert!(validate(&unknown[2..], Side::Source, &svcs).is_err());
+        assert!(check(&unknown, Side::Source, &svcs).is_err());
         let ids = frame(&message(MessageType::SERVICE_IDS, 1, "", 0, b""));
-        assert!(validate(&ids[2..], Side::Source, &svcs).is_err());
+        assert!(check(&ids, Side::Source, &svcs).is_err());
         let reset = frame(&message(MessageType::SESSION_RESET, 1, "", 0, b""));
-        assert!(validate(&reset[2..], Side::Destination, &svcs).is_err());
+        assert!(check(&reset, Side::Destination, &svcs).is_err());
         // DATA stream 1 + unknown field 9 (varint).
-        let extra = [0x08, 1, 0x10, 1, 0x48, 1];
-        assert!(validate(&extra, Side::Source, &svcs)
+        let extra = [0, 6, 0x08, 1, 0x10, 1, 0x48, 1];
+        assert!(check(&extra, Side::Source, &svcs)
             .expect_err("extra")
             .reason
             .contains("unknown field 9"));
         let v1 = frame(&message(MessageType::DATA, 1, "", 0, b"x"));
-        assert_eq!(validate(&v1[2..], Side::Destination, &svcs), Ok(None));
+        assert_eq!(check(&v1, Side::Destination, &svcs), Ok(None));
     }
 
     #[test]
@@ -737,12 +848,12 @@ mod tests {
         let svcs = vec!["A".to_string()];
         let mut bytes = frame(&message(MessageType::DATA, 1, "A", 1, b"hello"));
         bytes.extend(frame(&message(MessageType::STREAM_RESET, 1, "A", 0, b"")));
-        let mut carry = Vec::new();
-        let (a, ev) = take_frames(&mut carry, &bytes[..5], Side::Source, &svcs).expect("ok");
+        let mut dec = FrameDecoder::default();
+        let (a, ev) = take_frames(&mut dec, &bytes[..5], Side::Source, &svcs).expect("ok");
         assert!(a.is_empty() && ev.is_empty());
-        let (b, ev) = take_frames(&mut carry, &bytes[5..], Side::Source, &svcs).expect("ok");
+        let (b, ev) = take_frames(&mut dec, &bytes[5..], Side::Source, &svcs).expect("ok");
         assert_eq!(b, bytes);
         assert_eq!(ev.len(), 1);
-        assert!(carry.is_empty());
+        assert_eq!(dec.pending(), 0);
     }
 }

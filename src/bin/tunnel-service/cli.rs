@@ -9,18 +9,21 @@ use std::time::Duration;
 use gumdrop::Options as _;
 use serde_json::{json, Value};
 
-use super::client::call;
-use super::faults::Faults;
-use super::tunnels::Side;
-use super::{Options, Service, TlsSource};
+use localproxy::stop::Stop;
 
-/// The long help, printed by `--help`.
+use crate::client::call;
+use crate::faults::Faults;
+use crate::gate::{self, Limits};
+use crate::service::{Options, Service, TlsSource};
+use crate::side::Side;
+
+/// The general help, printed by `--help`.
 pub const HELP: &str = "\
 tunnel-service: a local AWS IoT Secure Tunneling service (for tests, demos and
 devices without AWS).
 
 USAGE:
-  tunnel-service serve [OPTIONS]
+  tunnel-service serve [OPTIONS]        run the service (see: tunnel-service serve --help)
   tunnel-service open --api ADDR [--services SSH1,WEB] [--thing-name T]
                       [--lifetime-minutes N] [--description D] [--format kv|env|json]
   tunnel-service close --api ADDR --tunnel-id ID [--delete]
@@ -29,26 +32,58 @@ USAGE:
   tunnel-service rotate --api ADDR --tunnel-id ID --client-mode SOURCE|DESTINATION|ALL
                         [--services ..] [--format kv|env|json]
 
-CONTROL PLANE: plain HTTP speaking the IoTSecuredTunneling API (AWS JSON 1.1):
+The subcommands other than serve call a running service's API at ADDR
+(host:port). REQUEST SIGNATURES ARE NOT CHECKED by the service: anyone who
+can reach its API port can open tunnels and read tokens. Exit codes: 0 success, 1 failure (the error is printed), 2 bad
+command line.
+";
+
+/// The help of `serve`, printed by `serve --help`.
+pub const SERVE_HELP: &str = "\
+tunnel-service serve: run the local AWS IoT Secure Tunneling service.
+
+USAGE:
+  tunnel-service serve [OPTIONS]
+
+On start it prints one line to stdout:
+  READY data=IP:PORT api=IP:PORT ca_dir=PATH|- scheme=wss|ws
+SIGTERM or SIGINT: every connection is closed with 1001 (going away), the
+temporary CA directory is removed, exit 0 (tunnels stay open in --state-file).
+Exit codes: 0 stopped by a signal, 1 cannot start, 2 bad command line.
+
+CONTROL PLANE: plain HTTP speaking the IoTSecuredTunneling API (AWS JSON 1.1),
+all eight operations of the service model (OpenTunnel, CloseTunnel,
+DescribeTunnel, ListTunnels, RotateTunnelAccessToken, TagResource,
+UntagResource, ListTagsForResource), checked against its constraints:
   aws iotsecuretunneling --endpoint-url http://127.0.0.1:PORT open-tunnel ...
   REQUEST SIGNATURES ARE NOT CHECKED: anyone who can reach the API port can
   open tunnels and read tokens. It binds to 127.0.0.1 unless told otherwise.
-  Test operations (POST /, X-Amz-Target: LocalTest.<Op>, JSON body):
+  Test operations (POST /, X-Amz-Target: LocalTest.<Op>, JSON body; side is
+  source or destination; 200 {} or an error as for the AWS operations):
     LocalTest.Inject {tunnelId, side, hexBytes | textFrame}  bytes into the
         relayed stream toward a side (unchecked), or one WebSocket text frame
     LocalTest.Drop {tunnelId, side}  drop that side's TCP connection (no close)
+    LocalTest.Silence {tunnelId, side}  stop reading from and writing to that
+        side's current connection (no data, pings, pongs or close; TCP stays
+        open); data for it queues, and its peer stops being read when full
+    LocalTest.StopReading {tunnelId, side, pingIntervalMs}  stop reading that
+        side's current connection but keep writing to it: data and a ping
+        every pingIntervalMs (default 50)
+    Silence and StopReading last until a new connection of that side
+    replaces it (same client token), it is dropped or the tunnel closes; new
+    connections are served normally. Errors: ResourceNotFoundException
+    (unknown tunnel), ValidationException (bad member), InvalidRequestException
+    (no connection on that side).
 
 DATA PLANE: wss://ADDR/tunnel?local-proxy-mode=source|destination. Without
 --cert/--key, a self-signed certificate for localhost and 127.0.0.1 is made
 at start and written to the CA directory printed on the READY line (pass it
 to `localproxy -c DIR`). Close codes: 1000 tunnel closed or expired; 1008
 protocol rule broken, connection replaced by a newer one with the same token,
-or token rotated (see the reason); 1003 text frame; 1009 frame too large.
+or token rotated (see the reason); 1003 text frame; 1009 frame too large;
+1001 service stopping.
 
-On start `serve` prints one line to stdout:
-  READY data=IP:PORT api=IP:PORT ca_dir=PATH|- scheme=wss|ws
-
-SERVE OPTIONS:
+OPTIONS:
   --listen ADDR            data plane address (default 127.0.0.1:0)
   --api-listen ADDR        control plane address (default 127.0.0.1:0)
   --cert FILE --key FILE   PEM certificate (chain) and key for the data plane
@@ -60,6 +95,18 @@ SERVE OPTIONS:
   --plain-ws               serve ws:// without TLS (debugging only)
   --ready-file PATH        also write the READY line to PATH
   --region R               region in tunnel ARNs (default us-east-1)
+  --max-open-tunnels N     OpenTunnel answers LimitExceededException while N tunnels
+                           are open (default 1000)
+  --max-connections N      open connections per plane (data, API) (default 512)
+  --max-connections-per-address N
+                           open connections per plane from one client address
+                           (default 128)
+  --request-timeout SECS   overall deadline of a data-plane handshake (TLS and
+                           upgrade) and of an API request (idle keep-alive time
+                           included) (default 10)
+  At a cap, the connection waiting longest for its handshake or request (of
+  that address first) is closed for the new one; with none waiting, the new
+  one is refused at once (the API answers 503 ThrottlingException).
   -v, --verbose N          0 off, 1-2 error, 3 warn, 4 info (default), 5 debug, 6 trace
  Test options:
   --lifetime-unit-seconds  read maxLifetimeTimeoutMinutes as seconds (fast expiry tests)
@@ -83,6 +130,8 @@ struct Args {
     command: Option<Command>,
 }
 
+// Parsed once per process; gumdrop needs the options by value (no Box).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, gumdrop::Options)]
 enum Command {
     #[options(help = "run the service")]
@@ -117,6 +166,14 @@ struct ServeOpts {
     plain_ws: bool,
     #[options(no_short, help = "save and load the tunnels here")]
     state_file: Option<String>,
+    #[options(no_short, help = "open tunnels allowed at once")]
+    max_open_tunnels: Option<usize>,
+    #[options(no_short, help = "connections per plane")]
+    max_connections: Option<usize>,
+    #[options(no_short, help = "connections per plane and client address")]
+    max_connections_per_address: Option<usize>,
+    #[options(no_short, help = "handshake / request deadline, seconds")]
+    request_timeout: Option<f64>,
     #[options(no_short, help = "write the READY line here too")]
     ready_file: Option<String>,
     #[options(no_short, help = "region in ARNs")]
@@ -213,7 +270,10 @@ pub fn run(args: &[String]) -> i32 {
             Command::Rotate(o) => o.help,
         });
     if help_asked {
-        print!("{HELP}");
+        match parsed.command {
+            Some(Command::Serve(_)) => print!("{SERVE_HELP}"),
+            _ => print!("{HELP}"),
+        }
         return 0;
     }
     let result = match parsed.command {
@@ -332,12 +392,17 @@ fn format_tokens(v: &Value, format: &str) -> Result<String, String> {
 fn open(o: OpenOpts) -> Result<String, String> {
     need(&o.api, "-")?;
     let mut body = json!({});
-    if o.services.is_some() || o.thing_name.is_some() {
-        body["destinationConfig"] =
-            json!({ "services": services(o.services.as_deref().unwrap_or("")) });
-        if let Some(t) = &o.thing_name {
-            body["destinationConfig"]["thingName"] = json!(t);
+    match (&o.services, &o.thing_name) {
+        (Some(list), thing) => {
+            body["destinationConfig"] = json!({ "services": services(list) });
+            if let Some(t) = thing {
+                body["destinationConfig"]["thingName"] = json!(t);
+            }
         }
+        (None, Some(_)) => {
+            return Err("--thing-name needs --services (a destination config names both)".into())
+        }
+        (None, None) => {}
     }
     if let Some(m) = o.lifetime_minutes {
         body["timeoutConfig"] = json!({ "maxLifetimeTimeoutMinutes": m });
@@ -361,16 +426,16 @@ fn rotate(o: RotateOpts) -> Result<String, String> {
     format_tokens(&v, &o.format)
 }
 
+/// An optional count that must be at least 1.
+fn positive(v: Option<usize>, what: &str) -> Result<Option<usize>, String> {
+    match v {
+        Some(0) => Err(format!("{what} 0: give at least 1")),
+        v => Ok(v),
+    }
+}
+
 fn serve(o: ServeOpts) -> i32 {
-    let level = match o.verbose.unwrap_or(4) {
-        0 => log::LevelFilter::Off,
-        1 | 2 => log::LevelFilter::Error,
-        3 => log::LevelFilter::Warn,
-        4 => log::LevelFilter::Info,
-        5 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    env_logger::Builder::new().filter_level(level).init();
+    localproxy::logging::init(o.verbose.unwrap_or(4));
     let parse_addr = |s: &str, what: &str| -> Result<SocketAddr, String> {
         s.parse().map_err(|e| format!("{what} {s:?}: {e}"))
     };
@@ -385,6 +450,25 @@ fn serve(o: ServeOpts) -> i32 {
                 ca_dir: o.cert_dir.as_ref().map(PathBuf::from),
             },
             _ => return Err("--cert and --key go together".into()),
+        };
+        let deadline = match o.request_timeout {
+            None => gate::DEFAULT_DEADLINE,
+            Some(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Duration::from_secs_f64(s),
+            Some(s) => {
+                return Err(format!(
+                    "--request-timeout {s}: give seconds, above 0 and at most 3600"
+                ))
+            }
+        };
+        let limits = Limits {
+            max_connections: positive(o.max_connections, "--max-connections")?
+                .unwrap_or(gate::DEFAULT_MAX_CONNECTIONS),
+            max_per_address: positive(
+                o.max_connections_per_address,
+                "--max-connections-per-address",
+            )?
+            .unwrap_or(gate::DEFAULT_MAX_PER_ADDRESS),
+            deadline,
         };
         let drop_side = match &o.drop_side {
             None => None,
@@ -412,6 +496,11 @@ fn serve(o: ServeOpts) -> i32 {
                 bandwidth: o.bandwidth,
             },
             state_file: o.state_file.as_ref().map(PathBuf::from),
+            max_open_tunnels: o
+                .max_open_tunnels
+                .unwrap_or(crate::tunnels::DEFAULT_MAX_OPEN_TUNNELS),
+            data_limits: limits,
+            api_limits: limits,
         })
     })();
     let opts = match opts {
@@ -423,6 +512,12 @@ fn serve(o: ServeOpts) -> i32 {
     };
     if !opts.listen.ip().is_loopback() || !opts.api_listen.ip().is_loopback() {
         log::warn!("listening beyond loopback: the API checks no signatures, anyone who reaches it can open tunnels");
+    }
+    // Before any thread: the signal mask is inherited.
+    let stop = Stop::new();
+    if let Err(e) = localproxy::stop::install(stop.clone()) {
+        eprintln!("tunnel-service: cannot set up signal handling: {e}");
+        return 1;
     }
     let service = match Service::start(opts) {
         Ok(s) => s,
@@ -454,6 +549,8 @@ fn serve(o: ServeOpts) -> i32 {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
-    service.wait();
+    while !stop.wait(Duration::from_secs(3600)) {}
+    log::info!("stopping: closing every connection (1001)");
+    service.shutdown();
     0
 }

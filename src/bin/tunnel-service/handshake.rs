@@ -1,5 +1,5 @@
 //! The data-plane handshake: TLS, the WebSocket upgrade request and its
-//! checks (PROTOCOL.md section 1), then the hand-over to the relay.
+//! checks, then the hand-over to the relay.
 //!
 //! Every refusal is an HTTP response with a status and an `X-Status-Reason`
 //! header (also the body), then the connection is closed. Checks run in
@@ -26,27 +26,31 @@
 //! Success: `101 Switching Protocols` with the chosen `Sec-WebSocket-Protocol`
 //! (the most capable offered) and a random `channel-id`.
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openssl::ssl::{SslAcceptor, SslStream};
+use openssl::ssl::SslAcceptor;
 use tungstenite::handshake::derive_accept_key;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::protocol::Role;
 use tungstenite::WebSocket;
 
-use crate::protocol::{
+use localproxy::protocol::{
     is_valid_client_token, ACCESS_TOKEN_COOKIE, ACCESS_TOKEN_HEADER, CHANNEL_ID_HEADER,
-    CLIENT_TOKEN_HEADER, MAX_HANDSHAKE_REQUEST, MAX_WEBSOCKET_FRAME, MODE_QUERY_PARAM,
-    STATUS_REASON_HEADER, SUBPROTOCOLS, TUNNEL_PATH,
+    CLIENT_TOKEN_HEADER, MAX_HANDSHAKE_REQUEST, MODE_QUERY_PARAM, STATUS_REASON_HEADER,
+    SUBPROTOCOLS, TUNNEL_PATH,
 };
 
-use super::http::{read_head, write_response, HeadError, RequestHead};
-use super::relay;
-use super::tunnels::{Refusal, Registry, Side};
+use crate::gate::Ticket;
+use crate::http::{read_head, write_response, HeadError, RequestHead};
+use crate::relay;
+use crate::side::Side;
+use crate::stream::{ws_config, Stream};
+use crate::tunnels::{Refusal, Registry};
 
-/// Time allowed for the TLS and WebSocket handshakes.
+/// Longest wait for one read or write during the handshake (the gate's
+/// overall deadline usually ends it first).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the static checks extracted from an acceptable request.
@@ -72,6 +76,7 @@ pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
     }
     let modes: Vec<String> = h
         .query()
+        .map_err(|e| Refusal::new(400, e))?
         .into_iter()
         .filter(|(k, _)| k == MODE_QUERY_PARAM)
         .map(|(_, v)| v)
@@ -173,55 +178,6 @@ pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
     })
 }
 
-/// A client socket, with or without TLS.
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<SslStream<TcpStream>>),
-}
-
-impl Stream {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref(),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            Stream::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            Stream::Tls(s) => s.flush(),
-        }
-    }
-}
-
-/// WebSocket limits of the service: frames up to 131076 bytes.
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig {
-        max_frame_size: Some(MAX_WEBSOCKET_FRAME),
-        max_message_size: Some(4 * MAX_WEBSOCKET_FRAME),
-        write_buffer_size: MAX_WEBSOCKET_FRAME,
-        ..Default::default()
-    }
-}
-
 fn refuse(stream: &mut Stream, peer: &str, r: &Refusal) {
     log::info!("handshake from {peer} refused: {} {}", r.status, r.reason);
     let _ = write_response(
@@ -237,8 +193,15 @@ fn refuse(stream: &mut Stream, peer: &str, r: &Refusal) {
     let _ = stream.tcp().shutdown(std::net::Shutdown::Both);
 }
 
-/// Serves one data-plane connection from accept to close.
-pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<Registry>) {
+/// Serves one data-plane connection from accept to close. `ticket` is its
+/// place in the data plane's gate, which also enforces the handshake's
+/// overall deadline; it is settled once the upgrade is answered.
+pub fn serve(
+    tcp: TcpStream,
+    mut ticket: Ticket,
+    acceptor: Option<Arc<SslAcceptor>>,
+    registry: Arc<Registry>,
+) {
     let peer = tcp
         .peer_addr()
         .map(|a| a.to_string())
@@ -284,7 +247,13 @@ pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<R
         Ok(a) => a,
         Err(r) => return refuse(&mut stream, &peer, &r),
     };
-    let channel_id = super::random_hex(16);
+    let channel_id = match localproxy::secret::random_hex(16) {
+        Ok(c) => c,
+        Err(e) => {
+            let r = Refusal::new(500, format!("no source of randomness: {e}"));
+            return refuse(&mut stream, &peer, &r);
+        }
+    };
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n{CHANNEL_ID_HEADER}: {channel_id}\r\n\r\n",
@@ -298,6 +267,7 @@ pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<R
         log::debug!("handshake from {peer}: writing 101: {e}");
         return;
     }
+    ticket.settled();
     log::info!(
         "tunnel {}: {} connected from {peer}, subprotocol {}, channel-id {channel_id}{}",
         admission.tunnel_id,
@@ -312,6 +282,7 @@ pub fn serve(tcp: TcpStream, acceptor: Option<Arc<SslAcceptor>>, registry: Arc<R
     let ws = WebSocket::from_partially_read(stream, rest, Role::Server, Some(ws_config()));
     relay::run(
         ws,
+        ticket,
         admission,
         checked.subprotocol,
         channel_id,
@@ -337,7 +308,7 @@ mod tests {
         let p =
             "Sec-WebSocket-Protocol: aws.iot.securetunneling-2.0, aws.iot.securetunneling-3.0\r\n";
         let ok = check_request(&req(&format!("access-token: t\r\n{p}"))).expect("ok");
-        assert_eq!(ok.subprotocol, crate::protocol::SUBPROTOCOL_V3);
+        assert_eq!(ok.subprotocol, localproxy::protocol::SUBPROTOCOL_V3);
         assert_eq!(ok.mode, Side::Source);
         assert_eq!(check_request(&req(p)).expect_err("no token").status, 401);
         let two = format!("access-token: t\r\nCookie: a=b; awsiot-tunnel-token=u\r\n{p}");

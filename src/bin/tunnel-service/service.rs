@@ -1,23 +1,5 @@
-//! The local tunneling service: a faithful stand-in for AWS IoT Secure
-//! Tunneling on loopback, used by `make demo` and the end-to-end tests.
-//!
-//! - [`api`]: the control plane, the IoTSecuredTunneling API over AWS JSON 1.1
-//!   (plus `LocalTest.*` fault operations).
-//! - [`handshake`]: the data-plane WebSocket upgrade and its refusals.
-//! - [`relay`]: the data plane after the handshake.
-//! - [`tunnels`]: tunnel state shared by both planes.
-//! - [`faults`]: fault injection for tests.
-//! - [`client`] and [`cli`]: the `tunnel-service` command line.
-
-pub mod api;
-pub mod cli;
-pub mod client;
-pub mod faults;
-pub mod handshake;
-pub mod http;
-pub mod relay;
-pub mod state;
-pub mod tunnels;
+//! A running service: both listeners, their accept loops, the expiry thread,
+//! the data plane's TLS set-up, and shutdown.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,8 +11,18 @@ use std::time::Duration;
 
 use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
 
-use faults::Faults;
-use tunnels::Registry;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use openssl::pkey::PKey;
+use openssl::x509::X509;
+
+use crate::cert::{self, Identity};
+use crate::faults::Faults;
+use crate::files;
+use crate::gate::{Gate, Limits, Ticket};
+use crate::tunnels::Registry;
+use crate::{api, handshake};
 
 /// Where the data plane's certificate comes from.
 #[derive(Debug, Clone)]
@@ -59,6 +51,12 @@ pub struct Options {
     pub faults: Faults,
     /// Where the tunnels are saved after every change and loaded at start.
     pub state_file: Option<PathBuf>,
+    /// OpenTunnel refuses (LimitExceededException) beyond this many open.
+    pub max_open_tunnels: usize,
+    /// Connection caps and handshake deadline of the data plane.
+    pub data_limits: Limits,
+    /// Connection caps and request deadline of the API.
+    pub api_limits: Limits,
 }
 
 impl Default for Options {
@@ -72,6 +70,9 @@ impl Default for Options {
             region: "us-east-1".into(),
             faults: Faults::default(),
             state_file: None,
+            max_open_tunnels: crate::tunnels::DEFAULT_MAX_OPEN_TUNNELS,
+            data_limits: Limits::default(),
+            api_limits: Limits::default(),
         }
     }
 }
@@ -84,6 +85,8 @@ pub struct Service {
     pub ca_dir: Option<PathBuf>,
     /// Whether the data plane speaks TLS.
     pub tls: bool,
+    /// `ca_dir` is a temporary directory of ours, removed on shutdown.
+    ca_dir_is_temp: bool,
     pub registry: Arc<Registry>,
     stop: Arc<AtomicBool>,
     threads: Vec<thread::JoinHandle<()>>,
@@ -113,14 +116,16 @@ impl Service {
                 let (id, dir) = match ca_dir {
                     Some(d) => (reuse_or_generate(d)?, d.clone()),
                     None => {
-                        let id = crate::tls::self_signed(&["localhost", "127.0.0.1"])
-                            .map_err(io::Error::other)?;
+                        let id =
+                            cert::self_signed(&cert::LOOPBACK_NAMES).map_err(io::Error::other)?;
                         let dir = std::env::temp_dir().join(format!(
                             "tunnel-service-{}-{}",
                             std::process::id(),
-                            random_hex(4)
+                            localproxy::secret::random_hex(4)?
                         ));
-                        crate::tls::write_ca_dir(&id.cert, &dir)?;
+                        // A new directory of ours (fails if the name exists).
+                        std::fs::DirBuilder::new().mode(0o755).create(&dir)?;
+                        cert::write_ca_dir(&id.cert, &dir, files::write_public)?;
                         (id, dir)
                     }
                 };
@@ -136,7 +141,12 @@ impl Service {
         let api = TcpListener::bind(opts.api_listen)?;
         let data_addr = data.local_addr()?;
         let api_addr = api.local_addr()?;
-        let registry = Registry::new(opts.lifetime_unit, &opts.region, opts.faults.clone());
+        let registry = Registry::new(
+            opts.lifetime_unit,
+            &opts.region,
+            opts.faults.clone(),
+            opts.max_open_tunnels,
+        );
         if let Some(path) = &opts.state_file {
             let n = registry.use_state_file(path)?;
             log::info!("state file {}: {n} tunnel(s) loaded", path.display());
@@ -151,33 +161,48 @@ impl Service {
                     .spawn(move || r.run_expiry())?,
             );
         }
+        let data_gate = Gate::new("data plane", opts.data_limits)?;
+        let api_gate = Gate::new("API", opts.api_limits)?;
         {
-            let (r, s, tls) = (registry.clone(), stop.clone(), acceptor.clone());
+            let (r, s, tls, gate) = (
+                registry.clone(),
+                stop.clone(),
+                acceptor.clone(),
+                data_gate.clone(),
+            );
             threads.push(
                 thread::Builder::new()
                     .name("data-accept".into())
                     .spawn(move || {
-                        accept_loop(data, s, move |tcp| {
-                            let (r, tls) = (r.clone(), tls.clone());
-                            thread::Builder::new()
-                                .name("client".into())
-                                .spawn(move || handshake::serve(tcp, tls, r))
-                                .map(|_| ())
-                        })
+                        accept_loop(
+                            data,
+                            s,
+                            gate,
+                            |_| {},
+                            move |tcp, ticket| {
+                                let (r, tls) = (r.clone(), tls.clone());
+                                thread::Builder::new()
+                                    .name("client".into())
+                                    .stack_size(CONNECTION_STACK)
+                                    .spawn(move || handshake::serve(tcp, ticket, tls, r))
+                                    .map(|_| ())
+                            },
+                        )
                     })?,
             );
         }
         {
-            let (r, s) = (registry.clone(), stop.clone());
+            let (r, s, gate) = (registry.clone(), stop.clone(), api_gate.clone());
             threads.push(
                 thread::Builder::new()
                     .name("api-accept".into())
                     .spawn(move || {
-                        accept_loop(api, s, move |tcp| {
+                        accept_loop(api, s, gate, api::refuse_busy, move |tcp, ticket| {
                             let r = r.clone();
                             thread::Builder::new()
                                 .name("api".into())
-                                .spawn(move || api::serve(tcp, r))
+                                .stack_size(CONNECTION_STACK)
+                                .spawn(move || api::serve(tcp, ticket, r))
                                 .map(|_| ())
                         })
                     })?,
@@ -186,6 +211,7 @@ impl Service {
         Ok(Service {
             data_addr,
             api_addr,
+            ca_dir_is_temp: matches!(opts.tls, TlsSource::Generated { ca_dir: None }),
             ca_dir,
             tls: acceptor.is_some(),
             registry,
@@ -208,7 +234,9 @@ impl Service {
         )
     }
 
-    /// Closes every tunnel and stops accepting.
+    /// Stops accepting, closes every connection with 1001 (going away) and
+    /// waits (at most [`SHUTDOWN_GRACE`]) for the close handshakes, then
+    /// removes the temporary CA directory if this service made it.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.registry.shutdown();
@@ -218,70 +246,113 @@ impl Service {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-    }
-
-    /// Blocks for the life of the process.
-    pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        if !self.registry.wait_idle(SHUTDOWN_GRACE) {
+            log::warn!("connections still closing after {SHUTDOWN_GRACE:?}: exiting anyway");
+        }
+        if let (true, Some(dir)) = (self.ca_dir_is_temp, &self.ca_dir) {
+            match std::fs::remove_dir_all(dir) {
+                Ok(()) => log::info!("removed {}", dir.display()),
+                Err(e) => log::warn!("cannot remove {}: {e}", dir.display()),
+            }
         }
     }
 }
 
+/// Stack of a connection thread: the relay and handshake need little, and
+/// a capped but large number of them may run.
+const CONNECTION_STACK: usize = 256 * 1024;
+
+/// How long a stopping service waits for its connections' close handshakes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Name of the private key kept beside the certificate in `--cert-dir`.
 const KEY_FILE: &str = "tunnel-service.key";
-/// Name of the certificate in the CA directory (see [`crate::tls::write_ca_dir`]).
-const CERT_FILE: &str = "tunnel-service.pem";
 
-/// The certificate and key already in `dir` (from an earlier run), or a new
-/// pair written there (the key readable by the owner only).
-fn reuse_or_generate(dir: &std::path::Path) -> io::Result<crate::tls::Identity> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-    if cert_path.exists() && key_path.exists() {
-        let bad = |what: &std::path::Path, e: openssl::error::ErrorStack| {
-            io::Error::other(format!("{}: {e}", what.display()))
-        };
-        let cert = openssl::x509::X509::from_pem(&std::fs::read(&cert_path)?)
-            .map_err(|e| bad(&cert_path, e))?;
-        let key = openssl::pkey::PKey::private_key_from_pem(&std::fs::read(&key_path)?)
-            .map_err(|e| bad(&key_path, e))?;
-        log::info!("reusing the certificate and key in {}", dir.display());
-        // Recreate the hash link in case it was removed.
-        crate::tls::write_ca_dir(&cert, dir)?;
-        return Ok(crate::tls::Identity { cert, key });
+/// The certificate and key already in `dir` (from an earlier run), checked,
+/// or a new pair written there. Checks: the directory is ours and not
+/// writable by others; the certificate is ours, not writable by others; the
+/// key is ours and readable by us only; the key is the certificate's; the
+/// certificate is valid for another day (else a new pair replaces it).
+fn reuse_or_generate(dir: &Path) -> io::Result<Identity> {
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
-    let id = crate::tls::self_signed(&["localhost", "127.0.0.1"]).map_err(io::Error::other)?;
-    crate::tls::write_ca_dir(&id.cert, dir)?;
+    files::check_dir(dir)?;
+    let (cert_path, key_path) = (dir.join(cert::CERT_FILE), dir.join(KEY_FILE));
+    let cert_pem = files::read_owned(&cert_path)?;
+    let key_pem = files::read_secret(&key_path)?;
+    if let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) {
+        let bad = |what: &Path, e: openssl::error::ErrorStack| {
+            io::Error::other(format!(
+                "{}: {e} (remove it to generate a new one)",
+                what.display()
+            ))
+        };
+        let cert = X509::from_pem(&cert_pem).map_err(|e| bad(&cert_path, e))?;
+        let key = PKey::private_key_from_pem(&key_pem).map_err(|e| bad(&key_path, e))?;
+        if !cert::key_matches(&cert, &key) {
+            return Err(io::Error::other(format!(
+                "{} is not the key of {}: remove both to generate a new pair",
+                key_path.display(),
+                cert_path.display()
+            )));
+        }
+        if cert::valid_for_a_day(&cert) {
+            log::info!("reusing the certificate and key in {}", dir.display());
+            // Recreate the hash link in case it was removed.
+            cert::write_ca_dir(&cert, dir, files::write_public)?;
+            return Ok(Identity { cert, key });
+        }
+        log::warn!(
+            "the certificate in {} expires within a day: making a new one (give localproxy -c {} again)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let id = cert::self_signed(&cert::LOOPBACK_NAMES).map_err(io::Error::other)?;
     let pem = id
         .key
         .private_key_to_pem_pkcs8()
         .map_err(io::Error::other)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&key_path)?;
-    f.write_all(&pem)?;
+    files::write_secret(&key_path, &pem)?;
+    cert::write_ca_dir(&id.cert, dir, files::write_public)?;
     Ok(id)
 }
 
-fn accept_loop<F>(listener: TcpListener, stop: Arc<AtomicBool>, spawn: F)
-where
-    F: Fn(TcpStream) -> io::Result<()>,
+/// Accepts connections until `stop`: each one through `gate` (a refused
+/// one gets `refuse`, then is closed at once), then `spawn`ed with its
+/// ticket.
+fn accept_loop<R, F>(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    gate: Arc<Gate>,
+    refuse: R,
+    spawn: F,
+) where
+    R: Fn(&mut TcpStream),
+    F: Fn(TcpStream, Ticket) -> io::Result<()>,
 {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
+            gate.stop();
             return;
         }
         match conn {
-            Ok(tcp) => {
-                if let Err(e) = spawn(tcp) {
-                    log::warn!("cannot start a connection thread: {e}");
+            Ok(mut tcp) => match gate.admit(&tcp) {
+                Ok(ticket) => {
+                    if let Err(e) = spawn(tcp, ticket) {
+                        log::warn!("cannot start a connection thread: {e}");
+                    }
                 }
-            }
+                Err(why) => {
+                    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    log::warn!("refusing a connection from {peer}: {why}");
+                    refuse(&mut tcp);
+                }
+            },
             Err(e) => {
                 log::warn!("accept failed: {e}");
                 // Out of descriptors and the like: do not spin.
@@ -289,43 +360,4 @@ where
             }
         }
     }
-}
-
-/// Fills `buf` from OpenSSL's RNG (falling back to /dev/urandom).
-pub fn fill_random(buf: &mut [u8]) {
-    if openssl::rand::rand_bytes(buf).is_ok() {
-        return;
-    }
-    use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        if f.read_exact(buf).is_ok() {
-            return;
-        }
-    }
-    log::error!("no source of randomness: tokens are not secret");
-}
-
-/// `n` random bytes as lowercase hex.
-pub fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    fill_random(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A new access token: `AQGA` then 96 random bytes in URL-safe base64 (132
-/// characters). The fixed prefix (as on AWS) keeps a token from starting
-/// with `-`, which a command line would take for an option.
-pub fn random_token() -> String {
-    let mut b = [0u8; 96];
-    fill_random(&mut b);
-    let body: String = openssl::base64::encode_block(&b)
-        .chars()
-        .filter(|c| *c != '=')
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            c => c,
-        })
-        .collect();
-    format!("AQGA{body}")
 }

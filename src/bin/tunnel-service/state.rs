@@ -2,42 +2,28 @@
 //! snapshot written after every change and read at start, so that a
 //! restarted service still knows its tunnels, tokens and bound client tokens.
 
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 use serde_json::Value;
 
+use crate::files;
+
 /// Version of the snapshot's shape, checked on load.
 pub const FORMAT_VERSION: u64 = 1;
 
-/// Writes `snapshot` to `path` atomically (a temporary file renamed over
-/// it), readable by the owner only: the file holds access tokens.
+/// Writes `snapshot` to `path` as a secret file (see [`files`]: atomic,
+/// random temporary name, no symlink followed, mode 0600 on every write).
 pub fn save(path: &Path, snapshot: &Value) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
     let text = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
-    {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
+    files::write_secret(path, &text)
 }
 
-/// Reads a snapshot; `Ok(None)` when the file does not exist yet.
+/// Reads a snapshot; `Ok(None)` when the file does not exist yet. A
+/// symlink, another user's file or one others can read is refused.
 pub fn load(path: &Path) -> io::Result<Option<Value>> {
-    let text = match fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(text) = files::read_secret(path)? else {
+        return Ok(None);
     };
     let v: Value = serde_json::from_slice(&text).map_err(|e| {
         io::Error::new(
@@ -64,17 +50,17 @@ mod tests {
     #[test]
     fn round_trip_and_missing_file() {
         let dir = std::env::temp_dir().join(format!("lp-state-test-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("dir");
+        std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("state.json");
         assert!(load(&path).expect("missing is fine").is_none());
         let v = serde_json::json!({"version": FORMAT_VERSION, "tunnels": []});
         save(&path, &v).expect("saved");
         assert_eq!(load(&path).expect("loads"), Some(v));
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o077, 0, "owner only");
-        fs::write(&path, b"{\"version\": 99}").expect("write");
+        std::fs::write(&path, b"{\"version\": 99}").expect("write");
         assert!(load(&path).is_err());
-        fs::remove_dir_all(&dir).expect("cleaned");
+        std::fs::remove_dir_all(&dir).expect("cleaned");
     }
 }

@@ -1,0 +1,60 @@
+//! A data-plane client socket, with or without TLS, and the WebSocket limits
+//! the service applies to it.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+
+use openssl::ssl::SslStream;
+use tungstenite::protocol::WebSocketConfig;
+
+use localproxy::protocol::MAX_WEBSOCKET_FRAME;
+
+/// A client socket, with or without TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<SslStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// WebSocket limits of the service: frames up to 131076 bytes.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig {
+        max_frame_size: Some(MAX_WEBSOCKET_FRAME),
+        max_message_size: Some(4 * MAX_WEBSOCKET_FRAME),
+        write_buffer_size: MAX_WEBSOCKET_FRAME,
+        ..Default::default()
+    }
+}
