@@ -546,17 +546,19 @@ impl<C> Table<C> {
 
     /// Source: when connection `key` has still heard nothing from the
     /// peer, ends it: returns the connections to close and the ids of the
-    /// reset to send. When no connection of its stream heard anything
-    /// either, the whole stream ends (its ids have no connection id), so
-    /// that the next connection starts a fresh one. `None` when the
-    /// connection was answered or is gone.
+    /// reset to send. When it is the last connection of a stream that never
+    /// heard anything, the whole stream ends (its ids have no connection
+    /// id), so that the next connection starts a fresh one; other
+    /// connections of the stream may be young and still waiting for their
+    /// answer, so they are left alone. `None` when the connection was
+    /// answered or is gone.
     pub fn remove_unanswered(&mut self, key: &ConnKey) -> Option<(Vec<C>, WireIds)> {
         let (svc, conn_id) = self.entry_of(key)?;
         let st = svc.stream.as_mut()?;
         if st.conns.get(&conn_id)?.answered {
             return None;
         }
-        if st.answered && st.version == PeerVersion::V3 {
+        if st.version == PeerVersion::V3 && (st.answered || st.conns.len() > 1) {
             let handle = st.conns.remove(&conn_id)?.handle;
             return Some((vec![handle], st.ids(conn_id)));
         }
@@ -726,11 +728,17 @@ mod tests {
     fn an_unanswered_stream_can_be_given_up_once() {
         let mut t = table();
         let (k1, _, _) = t.source_open(0, PeerVersion::V3, "a").expect("opens");
-        t.source_open(0, PeerVersion::V3, "b").expect("opens");
+        let (k2, _, _) = t.source_open(0, PeerVersion::V3, "b").expect("opens");
+        // Another connection of the stream may still get its answer: only
+        // this one ends.
         let (conns, ids) = t.remove_unanswered(&k1).expect("unanswered");
-        assert_eq!(conns, vec!["a", "b"]);
-        assert_eq!((ids.stream_id, ids.connection_id), (1, 0));
+        assert_eq!(conns, vec!["a"]);
+        assert_eq!((ids.stream_id, ids.connection_id), (1, 1));
         assert!(t.remove_unanswered(&k1).is_none());
+        // The last one takes the stream with it.
+        let (conns, ids) = t.remove_unanswered(&k2).expect("unanswered");
+        assert_eq!(conns, vec!["b"]);
+        assert_eq!((ids.stream_id, ids.connection_id), (1, 0));
         // The next connection starts a fresh stream.
         let (k3, _, op) = t.source_open(0, PeerVersion::V3, "c").expect("opens");
         assert_eq!((op, k3.stream_id), (Opening::StreamStart, 2));

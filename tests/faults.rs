@@ -505,3 +505,116 @@ fn the_first_reconnect_after_a_drop_is_immediate() {
     dest.stderr.wait_for("reconnecting now", SECS_20);
     echo_eventually(port, 2, 1024, SECS_20);
 }
+
+/// RssAnon of a process, in KiB (its own heap and stacks).
+fn rss_anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A pair with ping_period_ms = 1000: the tunnel is declared lost after
+/// 2.5 s of silence or of writes without progress.
+fn quick_liveness_pair(tag: &str) -> (Service, Tunnel, Proc, Proc, u16) {
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let map = format!("SSH1={echo}");
+    let quick = settings(tag, "", r#""ping_period_ms":"1000""#);
+    let start = |token: &str, args: &[&str], name: &str| {
+        proxy_with(
+            service.port(),
+            Some(&service.ca_dir),
+            token,
+            args,
+            name,
+            &[],
+            &quick,
+        )
+    };
+    let dest = start(&tunnel.destination_token, &["-d", &map], "dst");
+    let source = start(&tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    echo_eventually(port, 1, 64 * 1024, SECS_20);
+    (service, tunnel, dest, source, port)
+}
+
+#[test]
+fn a_silent_service_is_noticed_within_the_bound_and_data_flows_again() {
+    let _w = watchdog("silence", Duration::from_secs(60));
+    let (service, tunnel, dest, _source, port) = quick_liveness_pair("silence");
+    let n = dest.stderr.count(CONNECTED);
+    let lost = dest.stderr.count("lost (");
+    local_test(
+        &service,
+        "LocalTest.Silence",
+        serde_json::json!({"tunnelId": tunnel.id, "side": "destination"}),
+    );
+    let silenced = Instant::now();
+    let line = dest.stderr.wait_for_nth("lost (", lost + 1, SECS_20);
+    let after = silenced.elapsed();
+    assert!(
+        line.contains("nothing (data, ping or pong) received"),
+        "{line}"
+    );
+    // 2.5 ping periods, plus scheduling slack.
+    assert!(
+        after < Duration::from_millis(4500),
+        "noticed after {after:?}"
+    );
+    dest.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
+    echo_eventually(port, 2, 64 * 1024, SECS_20);
+}
+
+#[test]
+fn a_service_that_stops_reading_is_left_within_the_bound_with_memory_flat() {
+    let _w = watchdog("stop_reading", Duration::from_secs(60));
+    let (service, tunnel, _dest, source, port) = quick_liveness_pair("stopread");
+    let base = rss_anon_kib(source.pid());
+    let n = source.stderr.count(CONNECTED);
+    let lost = source.stderr.count("lost (");
+    // Pings as fast as the service can, and the source's writes block.
+    local_test(
+        &service,
+        "LocalTest.StopReading",
+        serde_json::json!({"tunnelId": tunnel.id, "side": "source", "pingIntervalMs": 1}),
+    );
+    let stopped = Instant::now();
+    // A local client pushes data into the tunnel meanwhile.
+    let pump = thread::spawn(move || {
+        let mut s = connect(port);
+        let chunk = vec![0x5a; 64 * 1024];
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until && s.write_all(&chunk).is_ok() {}
+    });
+    let mut peak = base;
+    while source.stderr.count("lost (") == lost {
+        peak = peak.max(rss_anon_kib(source.pid()));
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "the source never gave up on a service that stopped reading"
+        );
+        thread::sleep(Duration::from_millis(20)); // sampling period
+    }
+    let after = stopped.elapsed();
+    // The writer's stall limit, or the kernel's TCP_USER_TIMEOUT on the
+    // zero window (the same bound), ends the connection.
+    let line = source.stderr.wait_for_nth("lost (", lost + 1, SECS_20);
+    assert!(
+        after < Duration::from_secs(8),
+        "left after {after:?}: {line}"
+    );
+    // Queues are bounded in bytes: about 4 MiB toward the tunnel, 64 KiB of
+    // pongs; nothing grows with the pings.
+    assert!(
+        peak <= base + 16 * 1024,
+        "RssAnon grew from {base} KiB to {peak} KiB"
+    );
+    source.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
+    let _ = pump.join();
+    echo_eventually(port, 3, 64 * 1024, SECS_20);
+}

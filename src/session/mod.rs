@@ -190,18 +190,19 @@ impl std::error::Error for TunnelError {
 
 /// A random client token (64 hex digits, within `^[a-zA-Z0-9-]{32,128}$`).
 pub fn generate_client_token() -> Secret {
-    let mut bytes = [0u8; 32];
-    if openssl::rand::rand_bytes(&mut bytes).is_err() {
-        // Fall back on the clock and pid: uniqueness is all a client token needs.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-            ^ u128::from(std::process::id());
-        bytes[..16].copy_from_slice(&t.to_le_bytes());
+    match crate::secret::random_hex(32) {
+        Ok(hex) => Secret::new(hex),
+        Err(_) => {
+            // No randomness at all: the clock and pid still make a token
+            // unique, which is all a client token needs.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+                ^ u128::from(std::process::id());
+            Secret::new(format!("{t:032x}"))
+        }
     }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Secret::new(hex)
 }
 
 /// How long the tunnel may stay silent (nothing received: no data, ping or

@@ -131,7 +131,16 @@ pub(super) fn serve(
     };
     let end = if stop.is_set() { End::Stopped } else { end };
     let usable = shared.lock().machine.is_ready();
-    finish(shared, &end, stop, &link, &shutdown, writer_thread);
+    let writer_failed = finish(shared, &end, stop, &link, &shutdown, writer_thread);
+    // When the writer failed first (a write that made no progress), the
+    // reader only saw the socket it shut down: the writer's error says why.
+    let end = match (end, writer_failed) {
+        (
+            End::Lost(TunnelError::Transport(TransportError::Eof | TransportError::Io(_))),
+            Some(w),
+        ) => End::Lost(TunnelError::Transport(w)),
+        (end, _) => end,
+    };
     (end, usable)
 }
 
@@ -143,15 +152,16 @@ fn failure_end(f: Failure) -> End {
     }
 }
 
-/// Closes every local connection and ends the writer.
+/// Closes every local connection and ends the writer; returns the
+/// writer's error, if a send failed.
 fn finish(
     shared: &Shared,
     end: &End,
     stop: &Stop,
     link: &Link,
     shutdown: &transport::ShutdownHandle,
-    writer: std::thread::JoinHandle<()>,
-) {
+    writer: std::thread::JoinHandle<Option<TransportError>>,
+) -> Option<TransportError> {
     let closed = {
         let mut st = shared.lock();
         st.link = None;
@@ -171,9 +181,10 @@ fn finish(
     if link.control.try_send(Control::Stop).is_err() {
         shutdown.shutdown();
     }
-    let _ = writer.join();
+    let failed = writer.join().ok().flatten();
     shutdown.shutdown();
     stop.set_hook(None);
+    failed
 }
 
 /// The connection's services became known: a source starts listening the

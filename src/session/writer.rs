@@ -85,14 +85,14 @@ pub(super) fn channels() -> (Link, Inputs) {
     )
 }
 
-/// Starts the writer thread.
+/// Starts the writer thread. It returns why it ended, when a send failed.
 pub(super) fn spawn(
     ws: WsWriter,
     inputs: Inputs,
     ping_period: Duration,
     max_frame: usize,
     shutdown: ShutdownHandle,
-) -> std::io::Result<thread::JoinHandle<()>> {
+) -> std::io::Result<thread::JoinHandle<Option<transport::TransportError>>> {
     thread::Builder::new()
         .name("tunnel-write".into())
         .stack_size(WRITER_STACK)
@@ -121,7 +121,7 @@ fn write_loop(
     ping_period: Duration,
     max_frame: usize,
     shutdown: ShutdownHandle,
-) {
+) -> Option<transport::TransportError> {
     let ticker = tick(ping_period);
     let Inputs {
         data,
@@ -148,11 +148,11 @@ fn write_loop(
             }
         }
     })();
-    if let Err(e) = result {
-        log::debug!("Tunnel writer ended: {e}");
-        // Make the reader notice at once.
-        shutdown.shutdown();
-    }
+    let e = result.err()?;
+    log::debug!("Tunnel writer ended: {e}");
+    // Make the reader notice at once.
+    shutdown.shutdown();
+    Some(e)
 }
 
 /// Sends `first` and whatever else is queued, packed into WebSocket
