@@ -2,7 +2,7 @@
 //! injected by the service (LocalTest.Inject, which bypasses the service's
 //! own validation), and handshake / WebSocket violations from a raw TLS
 //! front that impersonates the service (with its certificate) and passes
-//! later connections through to it. For each case: the behaviour PROTOCOL.md
+//! later connections through to it. For each case: the behaviour docs/protocol.md
 //! asks for (skip, reset, or reconnect), no crash, and an echo round trip
 //! through the tunnel afterwards.
 

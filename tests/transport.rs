@@ -512,7 +512,7 @@ fn missing_or_unoffered_subprotocol_is_a_protocol_error() {
             );
             let e = Client::new(port).connect().expect_err("protocol");
             assert!(matches!(e, ConnectError::Protocol { .. }), "{e:?}");
-            // Only a 4xx is final (PROTOCOL.md 1): a broken answer is retried.
+            // Only a 4xx is final (docs/protocol.md 1): a broken answer is retried.
             assert!(e.is_retryable());
             assert!(e.to_string().contains("subprotocol"), "{e}");
         }

@@ -68,7 +68,7 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// `tunneling.proxy.*` settings (PROTOCOL.md section 5), after overrides.
+/// `tunneling.proxy.*` settings (docs/protocol.md 5), after overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub default_bind_address: String,

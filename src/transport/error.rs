@@ -82,7 +82,7 @@ pub enum ProxyFailure {
 impl ConnectError {
     /// Whether a later attempt may succeed: network trouble, timeouts, 5xx
     /// answers, proxy failures and a malformed upgrade answer (a middlebox,
-    /// a service mid-restart: PROTOCOL.md makes only a 4xx final) are; a
+    /// a service mid-restart: docs/protocol.md 1 makes only a 4xx final) are; a
     /// refused request (4xx), a rejected certificate or a local setup
     /// problem are not.
     pub fn is_retryable(&self) -> bool {

@@ -41,8 +41,9 @@ pub struct ConnectOptions<'a> {
     pub mode: Mode,
     pub access_token: &'a Secret,
     pub client_token: Option<&'a Secret>,
-    /// Offered subprotocol(s) (`settings.subprotocol`, normally `SUBPROTOCOL_V3`;
-    /// a comma-separated list offers several).
+    /// The subprotocol offered (`settings.subprotocol`, one of
+    /// [`crate::protocol::SUBPROTOCOLS`]; the answer is checked against a
+    /// comma-separated list, so a caller could offer several).
     pub subprotocol: &'a str,
     /// `-c`: extra trusted CAs, a directory (hashed names) or a PEM file.
     pub capath: Option<&'a Path>,
