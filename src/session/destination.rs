@@ -43,14 +43,16 @@ pub(super) fn spawn(
     }
 }
 
-/// The reference's line for a connected local service, with the ids.
-fn log_connected(addr: &DestinationAddr, what: &str) {
-    match addr {
-        DestinationAddr::Tcp { host, port } => {
-            log::info!("Connected to {host}, port: {port} ({what})")
-        }
-        DestinationAddr::Unix(path) => {
-            log::info!("Connected to Unix socket: {} ({what})", path.display())
+/// The reference's line for a connected local service (the address it
+/// resolved to, as the reference prints it), with the ids.
+fn log_connected(stream: &LocalStream, addr: &DestinationAddr, what: &str) {
+    match (stream, addr) {
+        (LocalStream::Tcp(s), _) => match s.peer_addr() {
+            Ok(peer) => log::info!("Connected to {}, port: {} ({what})", peer.ip(), peer.port()),
+            Err(_) => log::info!("Connected to {} ({what})", tcp::describe(addr)),
+        },
+        (LocalStream::Unix(_), _) => {
+            log::info!("Connected to Unix socket: {} ({what})", tcp::describe(addr))
         }
     }
 }
@@ -125,7 +127,7 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         "service {label}, stream {}, connection {}",
         key.stream_id, key.conn_id
     );
-    log_connected(&addr, &what);
+    log_connected(&stream, &addr, &what);
     let stream = Arc::new(stream);
     closer.set(stream.clone());
     let remote = match &*stream {
