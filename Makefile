@@ -17,7 +17,7 @@ RUSTFMT_SKIP := \#![cfg_attr(rustfmt, rustfmt_skip)]
 SECONDS ?= 60
 FUZZ_TARGET := frame_decoder
 
-.PHONY: all build release test demo setup setup-test proto proto-check pb-rs fuzz cargo-fuzz \
+.PHONY: all build release test demo setup setup-test demo-check proto proto-check pb-rs fuzz cargo-fuzz \
 	msrv bench bench-smoke clean
 
 all: build
@@ -42,6 +42,12 @@ test: setup-test
 
 demo: setup
 	bash scripts/demo.sh
+
+# Proves `make demo` works for a user who has only the build dependencies:
+# a fresh copy of the tree, as nobody, with no rustup, pb-rs, ssh or sshd on
+# PATH (a full debug build from scratch: .ci/run runs it after `make test`).
+demo-check:
+	bash scripts/demo-check.sh
 
 # What the build needs (toolchain, cc, pkg-config, OpenSSL headers), checked;
 # missing Debian packages are installed when run as root, named otherwise.
