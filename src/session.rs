@@ -751,7 +751,10 @@ impl Shared {
                     key.stream_id,
                     key.conn_id
                 );
-                if let Some((_, ids)) = self.lock().table.as_mut().and_then(|t| t.remove(&key)) {
+                // Bound first: a guard in the `if let` scrutinee would be held
+                // through send_control, which locks again (a self-deadlock).
+                let removed = self.lock().table.as_mut().and_then(|t| t.remove(&key));
+                if let Some((_, ids)) = removed {
                     let kind = if ids.version == PeerVersion::V3 {
                         failure
                     } else {
