@@ -17,20 +17,20 @@ RUSTFMT_SKIP := \#![cfg_attr(rustfmt, rustfmt_skip)]
 SECONDS ?= 60
 FUZZ_TARGET := frame_decoder
 
-.PHONY: all build release test demo setup proto proto-check pb-rs fuzz cargo-fuzz \
+.PHONY: all build release test demo setup setup-test demo-check proto proto-check pb-rs fuzz cargo-fuzz \
 	msrv bench bench-smoke clean
 
 all: build
 
-build:
+build: setup
 	$(CARGO) build --locked
 
-release:
+release: setup
 	$(CARGO) build --release --locked
 
 # Formatting, lints, every unit and integration test, then the generated
 # protobuf code against its schema (when pb-rs is at hand: .ci/run installs it).
-test: setup
+test: setup-test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
@@ -43,9 +43,21 @@ test: setup
 demo: setup
 	bash scripts/demo.sh
 
-# Installs what the build and the tests need, each only when missing.
+# Proves `make demo` works for a user who has only the build dependencies:
+# a fresh copy of the tree, as nobody, with no rustup, pb-rs, ssh or sshd on
+# PATH (a full debug build from scratch: .ci/run runs it after `make test`).
+demo-check:
+	bash scripts/demo-check.sh
+
+# What the build needs (toolchain, cc, pkg-config, OpenSSL headers), checked;
+# missing Debian packages are installed when run as root, named otherwise.
 setup:
 	bash scripts/setup.sh
+
+# setup, then what only the tests need (OpenSSH, nftables, iproute2, rustfmt,
+# clippy, pb-rs, ...), each only when missing.
+setup-test:
+	bash scripts/setup-test.sh
 
 # Install pb-rs $(PB_RS_VERSION) unless that exact version is already on PATH.
 pb-rs:
@@ -135,7 +147,7 @@ cross-test:
 vendor-check:
 	bash cross/vendor-check.sh
 
-install:
+install: setup
 	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" SYSCONFDIR="$(SYSCONFDIR)" TARGET="$(TARGET)" \
 		bash cross/install.sh
 

@@ -313,9 +313,8 @@ fn protocol_errors_reconnect_and_serving_resumes() {
         let line = p.stderr.wait_for(reason, SECS_20);
         p.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
         // Local connections are closed on a reconnect.
-        let mut b = [0u8; 1];
-        let closed = matches!(open.read(&mut b), Ok(0) | Err(_));
-        assert!(closed, "{what}: open connection closed");
+        let early = wait_closed(&mut open, what, SECS_20);
+        assert_eq!(early, b"", "{what}: open connection closed");
         f.assert_alive();
         echo_eventually(f.port, 20 + i as u64, 64 * 1024, SECS_20);
         assert!(line.contains(reason), "{what}: {line}");
@@ -329,16 +328,38 @@ fn session_reset_mid_transfer_closes_connections_and_serving_resumes() {
     let s = connect(f.port);
     let mut w = s.try_clone().expect("clone");
     // Keep writing until the connection breaks (it must: the proxy closes
-    // a reset connection both ways, so writes end with a reset).
+    // a reset connection both ways, so writes end with a reset). A write
+    // that times out is no break: writing goes on until the deadline.
     let writer = thread::spawn(move || {
+        use std::io::ErrorKind;
         let chunk = random_bytes(5, 16 * 1024);
         let start = Instant::now();
-        while w.write_all(&chunk).is_ok() {
+        w.set_write_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        loop {
+            match w.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::BrokenPipe
+                            | ErrorKind::ConnectionReset
+                            | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    return Ok(())
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(format!("write failed with {e}, not a reset")),
+            }
             if start.elapsed() > SECS_20 {
-                return false;
+                return Err(format!("writes neither failed nor ended after {SECS_20:?}"));
             }
         }
-        true
     });
     let echoed = Arc::new(AtomicUsize::new(0));
     let e2 = echoed.clone();
@@ -375,9 +396,10 @@ fn session_reset_mid_transfer_closes_connections_and_serving_resumes() {
         ended.is_ok(),
         "the connection was closed, not hung: {ended:?}"
     );
+    let written = writer.join().expect("writer");
     assert!(
-        writer.join().expect("writer"),
-        "the proxy still reads a connection the session reset closed"
+        written.is_ok(),
+        "the proxy still reads a connection the session reset closed: {written:?}"
     );
     f.source
         .stderr

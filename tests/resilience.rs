@@ -590,8 +590,8 @@ fn a_stream_started_before_the_destination_joins_is_reset_and_data_then_flows() 
     // No destination yet: the service resets the stream at once.
     let mut early = connect(port);
     early.write_all(b"anyone there?").expect("write");
-    let mut b = [0u8; 1];
-    assert_eq!(std::io::Read::read(&mut early, &mut b).unwrap_or(0), 0);
+    let first = wait_closed(&mut early, "connection before the destination", SECS_20);
+    assert_eq!(first, b"");
     source
         .stderr
         .wait_for("Stream 1 reset by the peer", SECS_20);

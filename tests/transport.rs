@@ -5,10 +5,11 @@
 mod cert;
 
 use cert::Identity;
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -69,11 +70,42 @@ fn init_logger() {
     });
 }
 
-/// Runs `f` on a thread and fails if it has not finished within `secs`.
+thread_local! {
+    /// The server threads that the running test body started (see [`spawn_server`]).
+    static SERVERS: RefCell<Vec<thread::JoinHandle<()>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Starts a server thread of the running test: [`with_deadline`] joins it
+/// after the test body, so its assertions count (a panic there fails the test).
+fn spawn_server<F: FnOnce() + Send + 'static>(f: F) {
+    let handle = thread::spawn(f);
+    SERVERS.with(|s| s.borrow_mut().push(handle));
+}
+
+/// Runs `f` on a thread, then joins the server threads it started, and fails
+/// if any of them panicked or if all this has not finished within `secs`.
 fn with_deadline<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
     let (tx, rx) = mpsc::channel();
+    let body_done = Arc::new(AtomicBool::new(false));
+    let done = body_done.clone();
     let h = thread::spawn(move || {
-        f();
+        // The body's client ends are dropped when it returns (or unwinds),
+        // so a server still reading sees the connection go and finishes.
+        let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        done.store(true, Ordering::SeqCst);
+        let mut server_panic = None;
+        for server in SERVERS.with(|s| std::mem::take(&mut *s.borrow_mut())) {
+            if let Err(p) = server.join() {
+                server_panic.get_or_insert(p);
+            }
+        }
+        // Both messages were printed when they happened; fail with the first.
+        if let Err(p) = body {
+            std::panic::resume_unwind(p)
+        }
+        if let Some(p) = server_panic {
+            std::panic::resume_unwind(p)
+        }
         let _ = tx.send(());
     });
     match rx.recv_timeout(Duration::from_secs(secs)) {
@@ -82,6 +114,9 @@ fn with_deadline<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
             if let Err(p) = h.join() {
                 std::panic::resume_unwind(p)
             }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) if body_done.load(Ordering::SeqCst) => {
+            panic!("a server thread of the test was still running after its {secs} s deadline")
         }
         Err(mpsc::RecvTimeoutError::Timeout) => panic!("test exceeded its {secs} s deadline"),
     }
@@ -123,7 +158,7 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let acc = acceptor(id);
-    thread::spawn(move || {
+    spawn_server(move || {
         let (tcp, _) = listener.accept().expect("accept");
         tcp.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
         tcp.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
@@ -762,7 +797,7 @@ fn spawn_connect_proxy(status: u16) -> (u16, mpsc::Receiver<ProxySeen>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
+    spawn_server(move || {
         let (mut c, _) = listener.accept().unwrap();
         c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         let seen = parse_connect(&read_request_head(&mut c));

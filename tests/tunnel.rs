@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::thread;
@@ -99,12 +100,8 @@ fn v2_and_v1_sources_against_a_v3_destination() {
         assert_eq!(got, *data, "{version}");
         // A second simultaneous connection is refused; the first keeps working.
         let mut second = connect(port);
-        let mut b = [0u8; 1];
-        assert_eq!(
-            second.read(&mut b).unwrap_or(0),
-            0,
-            "{version}: second refused"
-        );
+        let early = wait_closed(&mut second, &format!("{version}: second"), SECS_20);
+        assert_eq!(early, b"", "{version}: second refused");
         source.stderr.wait_for("Refusing local connection", SECS_20);
         let again = echo_through(
             first.try_clone().expect("clone"),
@@ -124,22 +121,80 @@ fn destination_service_down_closes_the_client_socket() {
     let _w = watchdog("destination_down", Duration::from_secs(60));
     let service = Service::start(&[]);
     let tunnel = service.open(&["SSH1"]);
-    // A port with nothing listening: bind, learn it, close.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let (dest, source) = pair(&service, &tunnel, &format!("SSH1={dead}"), &[]);
+    // A port with nothing listening, kept ours until the service comes up.
+    let dead = ReservedPort::new();
+    let (dest, source) = pair(&service, &tunnel, &format!("SSH1={}", dead.port), &[]);
     let port = listening_port(&source, "SSH1");
     let mut client = connect(port);
     let _ = client.write_all(b"hello?");
-    let mut buf = [0u8; 16];
-    let n = client.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "the reset reached the source and closed the client");
+    let early = wait_closed(&mut client, "client of the down service", SECS_20);
+    assert_eq!(
+        early, b"",
+        "the reset reached the source and closed the client"
+    );
     dest.stderr.wait_for("Cannot connect to", SECS_20);
     // The tunnel still works for the next connection once the service is up.
-    let _ = client;
+    let listener = dead.listen();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            thread::spawn(move || {
+                let mut r = s.try_clone().expect("clone");
+                let _ = std::io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    let data = Arc::new(random_bytes(4, 100_000));
+    assert_eq!(
+        echo_through(connect(port), data.clone()),
+        *data,
+        "a connection after the service came up"
+    );
+}
+
+/// A port on 127.0.0.1 that is bound but not listening: connections to it
+/// are refused, and no other socket can take it until [`ReservedPort::listen`]
+/// turns it into a listener.
+struct ReservedPort {
+    fd: OwnedFd,
+    port: u16,
+}
+
+impl ReservedPort {
+    fn new() -> ReservedPort {
+        // SAFETY: socket(2) with constant arguments; the result is checked
+        // and owned by the OwnedFd from here on.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: all-zero is a valid sockaddr_in (port 0, address 0).
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `addr` is a sockaddr_in of length `len`, valid for both calls.
+        unsafe {
+            let p = &mut addr as *mut libc::sockaddr_in as *mut libc::sockaddr;
+            assert_eq!(libc::bind(fd.as_raw_fd(), p, len), 0, "bind");
+            assert_eq!(
+                libc::getsockname(fd.as_raw_fd(), p, &mut len),
+                0,
+                "getsockname"
+            );
+        }
+        ReservedPort {
+            fd,
+            port: u16::from_be(addr.sin_port),
+        }
+    }
+
+    fn listen(self) -> std::net::TcpListener {
+        // SAFETY: listen(2) on the bound socket we own.
+        let r = unsafe { libc::listen(self.fd.as_raw_fd(), 128) };
+        assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+        std::net::TcpListener::from(self.fd)
+    }
 }
 
 #[test]

@@ -57,7 +57,12 @@ pub fn watchdog(name: &'static str, limit: Duration) -> Watchdog {
             .wait_timeout_while(guard, limit, |done| !*done)
             .expect("watchdog wait");
         if !*guard {
-            eprintln!("WATCHDOG: test {name} still running after {limit:?}: aborting");
+            // Straight to stderr: eprintln! from a test's thread is captured,
+            // and the capture is lost with the process.
+            let _ = writeln!(
+                std::io::stderr(),
+                "WATCHDOG: test {name} still running after {limit:?}: aborting"
+            );
             std::process::exit(101);
         }
     });
@@ -517,4 +522,42 @@ pub fn echo_through(stream: TcpStream, data: Arc<Vec<u8>>) -> Vec<u8> {
     }
     writer.join().expect("writer");
     got
+}
+
+/// Waits until the peer closes `stream`: a read returns 0 (an orderly close)
+/// or fails with a reset. A read timeout is not a close: reading goes on
+/// until `limit`, then the test fails naming `what`. Returns the bytes that
+/// arrived before the close (callers expecting none assert it is empty).
+pub fn wait_closed(stream: &mut TcpStream, what: &str, limit: Duration) -> Vec<u8> {
+    use std::io::ErrorKind;
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "{what}: connection still open after {limit:?} ({} bytes read)",
+            got.len()
+        );
+        stream.set_read_timeout(Some(left)).expect("read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                return got
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(e) => panic!("{what}: read failed ({e}) instead of seeing a close"),
+        }
+    }
 }
