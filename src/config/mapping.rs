@@ -116,42 +116,76 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// Why a `host[:port]` is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPortError {
+    /// Nothing before the port (the whole text).
+    EmptyHost(String),
+    /// The port is not a number in 1..=65535 (the port text, and why).
+    BadPort { port: String, reason: String },
+    /// Any other problem, in words that quote the text.
+    Malformed(String),
+}
+
+impl std::fmt::Display for HostPortError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPortError::EmptyHost(text) => write!(f, "'{text}': empty host"),
+            HostPortError::BadPort { reason, .. } => f.write_str(reason),
+            HostPortError::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// `host:port`, `[v6]:port`, or `host` alone when `default_port` is given.
-/// The host is returned without brackets.
-pub fn parse_host_port(text: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+/// The host is returned without brackets. The one parser of `host:port` in
+/// the crate (the endpoint, mappings, region settings, the web proxy).
+pub fn parse_host_port(
+    text: &str,
+    default_port: Option<u16>,
+) -> Result<(String, u16), HostPortError> {
     let text = text.trim();
+    let port_of = |port: &str| {
+        parse_port(port).map_err(|reason| HostPortError::BadPort {
+            port: port.to_string(),
+            reason,
+        })
+    };
+    let malformed = |why: String| Err(HostPortError::Malformed(why));
     if let Some(rest) = text.strip_prefix('[') {
         let Some((host, after)) = rest.split_once(']') else {
-            return Err(format!("'{text}': missing ']' after the IPv6 address"));
+            return malformed(format!("'{text}': missing ']' after the IPv6 address"));
         };
         if host.is_empty() {
-            return Err(format!("'{text}': empty host"));
+            return Err(HostPortError::EmptyHost(text.to_string()));
         }
         let port = match after.strip_prefix(':') {
-            Some(port) => parse_port(port)?,
-            None if after.is_empty() => default_port
-                .ok_or_else(|| format!("'{text}': a port is needed ([address]:port)"))?,
-            None => return Err(format!("'{text}': expected ':port' after ']'")),
+            Some(port) => port_of(port)?,
+            None if after.is_empty() => match default_port {
+                Some(p) => p,
+                None => return malformed(format!("'{text}': a port is needed ([address]:port)")),
+            },
+            None => return malformed(format!("'{text}': expected ':port' after ']'")),
         };
         return Ok((host.to_string(), port));
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((host, _)) if host.contains(':') => {
-            return Err(format!(
+            return malformed(format!(
                 "'{text}': write an IPv6 address in brackets, as [address]:port"
             ))
         }
-        Some((host, port)) => (host, parse_port(port)?),
-        None => (
-            text,
-            default_port.ok_or_else(|| format!("'{text}': expected host:port"))?,
-        ),
+        Some((host, port)) => (host, port_of(port)?),
+        None => match default_port {
+            Some(p) => (text, p),
+            None => return malformed(format!("'{text}': expected host:port")),
+        },
     };
     if host.is_empty() {
-        return Err(format!("'{text}': empty host"));
+        return Err(HostPortError::EmptyHost(text.to_string()));
     }
     if host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(format!("'{text}': '{host}' is not a host name or address"));
+        return malformed(format!("'{text}': '{host}' is not a host name or address"));
     }
     Ok((host.to_string(), port))
 }
@@ -169,7 +203,7 @@ pub fn parse_destination(text: &str) -> Result<DestinationAddr, String> {
             port: parse_port(text)?,
         });
     }
-    let (host, port) = parse_host_port(text, None)?;
+    let (host, port) = parse_host_port(text, None).map_err(|e| e.to_string())?;
     Ok(DestinationAddr::Tcp { host, port })
 }
 
@@ -364,9 +398,13 @@ mod tests {
         assert!(parse_host_port("h", None).is_err());
         assert!(parse_host_port("::1:22", None)
             .unwrap_err()
+            .to_string()
             .contains("brackets"));
         assert!(parse_host_port("[::1:22", None).is_err());
-        assert!(parse_host_port(":22", None).unwrap_err().contains("empty"));
+        assert!(parse_host_port(":22", None)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(parse_host_port("h:0", None).is_err());
     }
 

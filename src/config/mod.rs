@@ -102,7 +102,7 @@ pub use load::{
     args_from_os, parse, parse_with_default_dir, write_default_settings, Action, RunNotes,
     DEFAULT_CONFIG_DIR, DEFAULT_VERBOSITY, ENV_VARS,
 };
-pub use mapping::{parse_destination, parse_host_port};
+pub use mapping::{parse_destination, parse_host_port, HostPortError};
 pub use opt::{Opt, Origin};
 pub use settings::{
     apply_json as apply_settings_json, export_json as export_settings_json,

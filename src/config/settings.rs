@@ -376,6 +376,7 @@ impl Settings {
             None => self.endpoint_format.replacen("%s", region, 1),
         };
         mapping::parse_host_port(&endpoint, Some(protocol::DEFAULT_ENDPOINT_PORT))
+            .map_err(|e| e.to_string())
     }
 
     /// Checks the combinations of values (each value alone was checked when set).
