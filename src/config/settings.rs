@@ -647,9 +647,45 @@ pub fn help_text() -> String {
     out
 }
 
+/// The settings table as the README shows it (its check keeps the two equal).
+#[cfg(test)]
+fn markdown_table() -> String {
+    let mut out = String::from(
+        "| key (below `tunneling.proxy.`) | default | meaning | accepted values |\n\
+         | --- | --- | --- | --- |\n",
+    );
+    for key in KEYS {
+        let default = match key.default_value() {
+            Value::String(s) => format!("`{s}`"),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| format!("`{k}`: `{}`", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+            other => format!("`{other}`"),
+        };
+        let meaning = key.meaning.split_whitespace().collect::<Vec<_>>().join(" ");
+        out.push_str(&format!(
+            "| `{}` | {default} | {meaning} | {} |\n",
+            key.key,
+            key.accepts.describe()
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_shows_this_table() {
+        let readme = include_str!("../../README.md");
+        let table = markdown_table();
+        if !readme.contains(&table) {
+            panic!("README.md's settings table differs from the settings table; it should be:\n{table}");
+        }
+    }
 
     /// What the reference v3.3.1 writes for `--export-default-settings`
     /// (`apply_default_settings` then `write_json(path, tree, locale, true)`).
