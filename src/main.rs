@@ -3,9 +3,10 @@
 //! Exit status:
 //! - 0: the tunnel was closed or expired; `--help`, `--version`,
 //!   `--export-default-settings`.
-//! - 1: usage or configuration error (message on stderr, ending with
-//!   "Try 'localproxy --help' for more information."), a mapping that does
-//!   not match the tunnel's services, or a local port that cannot be bound.
+//! - 1: usage or configuration error (message on stderr: the reference's
+//!   words where it refuses the same input, ours, then "Try 'localproxy
+//!   --help' for a list of options."), a mapping that does not match the
+//!   tunnel's services, or a local port that cannot be bound.
 //! - 2: the service refused the handshake (4xx: token spent, rotated or
 //!   wrong, wrong mode or region), or its TLS certificate did not verify
 //!   (see `-c`): retrying cannot help.
@@ -15,10 +16,11 @@
 //!
 //! SIGINT and SIGTERM close the tunnel and exit 0.
 
+use std::error::Error;
 use std::io::Write;
 use std::process::ExitCode;
 
-use localproxy::config::{self, Action, ConfigError};
+use localproxy::config::{self, Action, ConfigError, TRY_HELP};
 use localproxy::logging;
 
 fn main() -> ExitCode {
@@ -54,7 +56,7 @@ fn main() -> ExitCode {
 
 /// `e` and its causes, outermost first, joined with ": "; a cause whose
 /// text its parent already quotes is not repeated.
-fn chain(e: &dyn std::error::Error) -> String {
+fn chain(e: &dyn Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -68,8 +70,9 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Prints `e` once to stderr and returns its exit status.
+/// Prints `e` once to stderr, then the line pointing at `--help`, and
+/// returns its exit status.
 fn usage_error(e: &ConfigError) -> ExitCode {
-    eprintln!("localproxy: {e}");
-    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+    eprintln!("localproxy: {}\n{TRY_HELP}", chain(e));
+    ExitCode::from(e.exit_code())
 }

@@ -70,16 +70,6 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// one with the same access token.
 pub const CLOSE_REASON_REPLACED: &str = "replaced by a new connection with the same token";
 
-/// Service endpoint host for an AWS region.
-pub fn endpoint_host_for_region(region: &str) -> String {
-    let suffix = if region.starts_with("cn-") {
-        "amazonaws.com.cn"
-    } else {
-        "amazonaws.com"
-    };
-    format!("data.tunneling.iot.{region}.{suffix}")
-}
-
 /// Whether `token` is a well-formed client token.
 pub fn is_valid_client_token(token: &str) -> bool {
     (CLIENT_TOKEN_MIN_LEN..=CLIENT_TOKEN_MAX_LEN).contains(&token.len())
@@ -99,18 +89,6 @@ pub fn is_valid_service_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn china_regions_use_the_cn_suffix() {
-        assert_eq!(
-            endpoint_host_for_region("cn-north-1"),
-            "data.tunneling.iot.cn-north-1.amazonaws.com.cn"
-        );
-        assert_eq!(
-            endpoint_host_for_region("us-east-1"),
-            "data.tunneling.iot.us-east-1.amazonaws.com"
-        );
-    }
 
     #[test]
     fn service_id_format() {

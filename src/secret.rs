@@ -1,5 +1,5 @@
-//! Secrets (access and client tokens) wrapped so they never reach a log, and
-//! the random bytes they are made of.
+//! Secrets (access and client tokens): a type that never reaches a log, and
+//! the random bytes tokens are made of.
 //!
 //! `Debug` and `Display` print a fixed placeholder; the value is read only
 //! through [`Secret::expose`], at the one place it goes on the wire.
@@ -56,6 +56,12 @@ pub fn random_hex(n: usize) -> std::io::Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// A new client token: 32 random bytes as 64 hex digits, within
+/// `^[a-zA-Z0-9-]{32,128}$`.
+pub fn new_client_token() -> std::io::Result<Secret> {
+    random_hex(32).map(Secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +81,15 @@ mod tests {
         let s = Secret::new("AQGAAXhQ-very-secret");
         assert!(!format!("{s:?} {s} {:#?}", Some(&s)).contains("secret"));
         assert_eq!(s.expose(), "AQGAAXhQ-very-secret");
+    }
+
+    #[test]
+    fn new_client_tokens_are_valid_and_distinct() {
+        let a = new_client_token().unwrap();
+        let b = new_client_token().unwrap();
+        assert_eq!(a.expose().len(), 64);
+        assert!(crate::protocol::is_valid_client_token(a.expose()));
+        assert_ne!(a, b);
+        assert_eq!(random_hex(4).unwrap().len(), 8);
     }
 }

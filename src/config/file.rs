@@ -1,6 +1,7 @@
 //! The `--config` file: INI lines `long-option-name = value`, `#` comments.
 
 use std::fs;
+use std::io;
 use std::path::Path;
 
 use super::opt::Opt;
@@ -15,17 +16,26 @@ pub struct Entry {
 }
 
 /// Why a config file cannot be used; `line` is 0 for the file as a whole.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct FileIssue {
     pub line: usize,
     pub reason: String,
+    /// The reference's message for the problem (boost::program_options').
+    pub reference: Option<String>,
+    /// The read error, when the file cannot be read.
+    pub source: Option<io::Error>,
 }
 
 /// Reads and parses the file at `path`.
 pub fn read(path: &Path) -> Result<Vec<Entry>, FileIssue> {
     let text = fs::read_to_string(path).map_err(|e| FileIssue {
         line: 0,
-        reason: e.to_string(),
+        reason: "cannot be read".to_string(),
+        reference: Some(format!(
+            "can not read options configuration file '{}'",
+            path.display()
+        )),
+        source: Some(e),
     })?;
     parse(&text)
 }
@@ -63,16 +73,25 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, FileIssue> {
         if content.is_empty() || content.starts_with(';') {
             continue;
         }
-        let fail = |reason: String| Err(FileIssue { line, reason });
+        let fail = |reason: String, reference: Option<String>| {
+            Err(FileIssue {
+                line,
+                reason,
+                reference,
+                source: None,
+            })
+        };
         if content.starts_with('[') {
-            return fail(format!("sections are not supported: '{content}'"));
+            return fail(format!("sections are not supported: '{content}'"), None);
         }
         let Some((key, value)) = content.split_once('=') else {
             // Never echo the line: it may be a token written without its key.
+            // (The reference's message quotes it; ours stops before.)
+            let reference = Some("the options configuration file contains an invalid line".into());
             let word = content.split_whitespace().next().unwrap_or("");
             return match Opt::from_file_key(word) {
-                Some(_) => fail(format!("expected '{word} = value'")),
-                None => fail("expected 'option = value'".to_string()),
+                Some(_) => fail(format!("expected '{word} = value'"), reference),
+                None => fail("expected 'option = value'".to_string(), reference),
             };
         };
         let key = key.trim();
@@ -85,13 +104,21 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, FileIssue> {
                 } else {
                     String::new()
                 };
-            return fail(format!(
-                "unknown option{shown} (keys are long option names such as 'region'; \
-                 --config, --export-default-settings, --help and --version are command-line only)"
-            ));
+            let reference = (!shown.is_empty()).then(|| format!("unrecognised option '{key}'"));
+            return fail(
+                format!(
+                    "unknown option{shown} (keys are long option names such as 'region'; \
+                     --config, --export-default-settings, --help and --version are command-line \
+                     only)"
+                ),
+                reference,
+            );
         };
-        if let Some(first) = out.iter().find(|e| e.opt == opt) {
-            return fail(format!("'{key}' is already set on line {}", first.line));
+        if let Some(first) = out.iter().find(|e| e.opt == opt && !opt.is_repeatable()) {
+            return fail(
+                format!("'{key}' is already set on line {}", first.line),
+                Some(format!("option '{key}' cannot be specified more than once")),
+            );
         }
         out.push(Entry {
             opt,

@@ -1,18 +1,18 @@
 //! From arguments and environment to an [`Action`]: merge the command line, the
-//! `--config` file and the environment (in that precedence), then validate.
+//! `--config` file and the environment (in that precedence), then validate in
+//! the reference's order, so that the first problem reported is the one the
+//! reference reports.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use gumdrop::Options;
-
-use super::cli::{help_text, version_text, CliArgs};
+use super::cli::{help_text, parse_args, version_text};
 use super::error::ConfigError;
 use super::mapping::{self, DirIssue, Located};
 use super::opt::{Opt, Origin};
-use super::{file, settings};
+use super::{file, settings, token_file};
 use super::{Config, Endpoint, Mode, PeerVersion, Settings};
 use crate::protocol;
 use crate::secret::Secret;
@@ -30,6 +30,9 @@ pub const DEFAULT_CONFIG_DIR: &str = "config";
 
 /// Verbosity when `-v` is not given (info).
 pub const DEFAULT_VERBOSITY: u8 = 4;
+
+/// Longest access token accepted (the reference's limit).
+const MAX_ACCESS_TOKEN_LENGTH: usize = 4096;
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -79,6 +82,19 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Ac
     parse_with_default_dir(args, env, Path::new(DEFAULT_CONFIG_DIR))
 }
 
+/// Adds `(opt, given)` to `layer`; a repeated `-s`/`-d` adds its mappings to
+/// the first one's.
+fn push(layer: &mut Vec<(Opt, Given)>, opt: Opt, given: Given) {
+    match layer.iter_mut().find(|(o, _)| *o == opt) {
+        Some((_, first)) if opt.is_repeatable() => {
+            first.value.push(',');
+            first.value.push_str(&given.value);
+        }
+        Some(_) => {}
+        None => layer.push((opt, given)),
+    }
+}
+
 /// [`parse`] with another default `--config-dir` (used when it exists and
 /// neither `-s`, `-d` nor `--config-dir` gives the mappings).
 pub fn parse_with_default_dir(
@@ -86,14 +102,14 @@ pub fn parse_with_default_dir(
     env: &dyn Fn(&str) -> Option<String>,
     default_config_dir: &Path,
 ) -> Result<Action, ConfigError> {
-    let cli = CliArgs::parse_args_default(args).map_err(|e| ConfigError::Usage(e.to_string()))?;
-    if cli.help {
-        return Ok(Action::Help(help_text()));
-    }
-    if cli.version {
+    let cli = parse_args(args).map_err(ConfigError::Usage)?;
+    if cli.has(Opt::Version) {
         return Ok(Action::Version(version_text()));
     }
-    if let Some(path) = &cli.export_default_settings {
+    if cli.has(Opt::Help) {
+        return Ok(Action::Help(help_text()));
+    }
+    if let Some(path) = cli.value(Opt::ExportDefaultSettings) {
         return Ok(Action::ExportSettings(PathBuf::from(path)));
     }
 
@@ -107,28 +123,22 @@ pub fn parse_with_default_dir(
             })
             .collect(),
     );
-    let config_path = cli.config.as_ref().map(PathBuf::from);
+    let config_path = cli.value(Opt::Config).map(PathBuf::from);
     if let Some(path) = &config_path {
         let entries = file::read(path).map_err(|issue| ConfigError::ConfigFile {
             path: path.clone(),
             line: issue.line,
             reason: issue.reason,
+            reference: issue.reference,
+            source: issue.source,
         })?;
-        layers.push(
-            entries
-                .into_iter()
-                .map(|e| {
-                    let origin = Origin::ConfigFile(path.clone(), e.line);
-                    (
-                        e.opt,
-                        Given {
-                            value: e.value,
-                            origin,
-                        },
-                    )
-                })
-                .collect(),
-        );
+        let mut layer = Vec::new();
+        for e in entries {
+            let origin = Origin::ConfigFile(path.clone(), e.line);
+            let value = e.value;
+            push(&mut layer, e.opt, Given { value, origin });
+        }
+        layers.push(layer);
     }
     layers.push(
         ENV_VARS
@@ -142,23 +152,24 @@ pub fn parse_with_default_dir(
     );
     let given = merge(layers)?;
     let mut warnings = Vec::new();
-    let config = build(&given, default_config_dir, &mut warnings)?;
-
     let verbosity = match given.get(&Opt::Verbose) {
         None => DEFAULT_VERBOSITY,
-        Some(g) => g
-            .value
-            .trim()
-            .parse::<u8>()
-            .map_err(|_| ConfigError::InvalidValue {
-                opt: Opt::Verbose,
-                origin: g.origin.clone(),
-                value: g.value.clone(),
-                expected: "a number 0-255 (0 off, 1 fatal, 2 error, 3 warning, 4 info, 5 debug, \
-                       6+ trace)"
-                    .to_string(),
-            })?,
+        // The reference takes 0-65535 (6 and above: trace).
+        Some(g) => match g.value.trim().parse::<u16>() {
+            Ok(v) => u8::try_from(v).unwrap_or(u8::MAX),
+            Err(_) => {
+                return Err(invalid(
+                    Opt::Verbose,
+                    g,
+                    "a number 0-255 (0 off, 1 fatal, 2 error, 3 warning, 4 info, 5 debug, \
+                     6+ trace)",
+                    Some(boost_invalid(Opt::Verbose, g)),
+                ))
+            }
+        },
     };
+    let config = build(&given, default_config_dir, &mut warnings)?;
+
     if let Some(path) = &config_path {
         let holds_token = matches!(
             given.get(&Opt::AccessToken),
@@ -215,21 +226,114 @@ fn merge(layers: Vec<Vec<(Opt, Given)>>) -> Result<BTreeMap<Opt, Given>, ConfigE
     Ok(merged)
 }
 
-fn invalid(opt: Opt, g: &Given, expected: &str) -> ConfigError {
+fn invalid(opt: Opt, g: &Given, expected: &str, reference: Option<String>) -> ConfigError {
     ConfigError::InvalidValue {
         opt,
         origin: g.origin.clone(),
         value: g.value.clone(),
         expected: expected.to_string(),
+        reference,
     }
 }
 
-fn bad_token(opt: Opt, g: &Given, reason: String) -> ConfigError {
+/// The reference's parser message for a value it cannot convert.
+fn boost_invalid(opt: Opt, g: &Given) -> String {
+    format!(
+        "the argument ('{}') for option '{}' is invalid",
+        g.value,
+        opt.boost_name(&g.origin)
+    )
+}
+
+fn bad_token(opt: Opt, g: &Given, reason: String, reference: Option<&'static str>) -> ConfigError {
     ConfigError::InvalidToken {
         opt,
         origin: g.origin.clone(),
         reason,
+        reference,
     }
+}
+
+/// Checks the access token without ever echoing it.
+fn access_token(g: &Given) -> Result<Secret, ConfigError> {
+    let t = &g.value;
+    let fail =
+        |reason: &str, reference| Err(bad_token(Opt::AccessToken, g, reason.into(), reference));
+    if t.is_empty() {
+        return fail("is empty", Some("Access token cannot be empty"));
+    }
+    if t.len() > MAX_ACCESS_TOKEN_LENGTH {
+        return fail(
+            &format!("is longer than {MAX_ACCESS_TOKEN_LENGTH} characters"),
+            Some("Access token exceeds maximum allowed length"),
+        );
+    }
+    if t.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+        return fail(
+            "holds control or non-ASCII characters, which cannot be sent in an HTTP header",
+            Some("Access token contains invalid control characters"),
+        );
+    }
+    if t.contains(' ') {
+        return fail(
+            "holds white space, which cannot be sent in an HTTP header",
+            None,
+        );
+    }
+    Ok(Secret::new(t.clone()))
+}
+
+/// Checks a client token given with `-i` or the environment.
+fn client_token(g: &Given) -> Result<Secret, ConfigError> {
+    let t = &g.value;
+    if let Err(why) = token_file::check_token(t) {
+        let n = t.chars().count();
+        let reference =
+            if !(protocol::CLIENT_TOKEN_MIN_LEN..=protocol::CLIENT_TOKEN_MAX_LEN).contains(&n) {
+                Some("Client token must be between 32 and 128 characters")
+            } else if t.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                Some("Client token contains invalid control characters")
+            } else {
+                None
+            };
+        return Err(bad_token(
+            Opt::ClientToken,
+            g,
+            format!("does not match ^[a-zA-Z0-9-]{{32,128}}$: {why}"),
+            reference,
+        ));
+    }
+    Ok(Secret::new(t.clone()))
+}
+
+/// Reads `--settings-json` over the defaults.
+fn settings(g: Option<&Given>, warnings: &mut Vec<String>) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    let Some(g) = g else {
+        return Ok(settings);
+    };
+    let path = PathBuf::from(&g.value);
+    let text = fs::read_to_string(&path).map_err(|e| ConfigError::SettingsFile {
+        path: path.clone(),
+        key: None,
+        reason: "cannot be read".into(),
+        source: Some(e),
+    })?;
+    let unknown =
+        settings::apply_json(&mut settings, &text).map_err(|issue| ConfigError::SettingsFile {
+            path: path.clone(),
+            key: issue.key,
+            reason: issue.reason,
+            source: None,
+        })?;
+    for w in unknown {
+        warnings.push(format!(
+            "{} file {}: {w}",
+            Opt::SettingsJson,
+            path.display()
+        ));
+    }
+    Ok(settings)
 }
 
 fn build(
@@ -239,18 +343,15 @@ fn build(
 ) -> Result<Config, ConfigError> {
     let get = |o: Opt| given.get(&o);
 
-    // Tokens: checked without ever echoing them.
+    // The reference's order: settings file, required options, -r/-e, tokens,
+    // region and endpoint values, mode, mappings, bind address, capath.
+    let settings = settings(get(Opt::SettingsJson), warnings)?;
     let token = get(Opt::AccessToken).ok_or(ConfigError::MissingAccessToken)?;
-    if token.value.is_empty() {
-        return Err(bad_token(Opt::AccessToken, token, "is empty".into()));
+    let (region, proxy_endpoint) = (get(Opt::Region), get(Opt::ProxyEndpoint));
+    if region.is_none() && proxy_endpoint.is_none() {
+        return Err(ConfigError::MissingEndpoint);
     }
-    if !token.value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(bad_token(
-            Opt::AccessToken,
-            token,
-            "holds white space or characters that cannot be sent in an HTTP header".into(),
-        ));
-    }
+    let access_token = access_token(token)?;
     if token.origin == Origin::CommandLine {
         warnings.push(format!(
             "the access token was given with {} on the command line, where other users of \
@@ -259,36 +360,53 @@ fn build(
             Opt::AccessToken
         ));
     }
-    let access_token = Secret::new(token.value.clone());
-    let client_token = match get(Opt::ClientToken) {
-        None => None,
-        Some(g) => {
-            if !protocol::is_valid_client_token(&g.value) {
-                let n = g.value.chars().count();
-                let why = if (protocol::CLIENT_TOKEN_MIN_LEN..=protocol::CLIENT_TOKEN_MAX_LEN)
-                    .contains(&n)
-                {
-                    "holds characters other than letters, digits and '-'".to_string()
-                } else {
-                    format!(
-                        "is {n} characters long, not {}-{}",
-                        protocol::CLIENT_TOKEN_MIN_LEN,
-                        protocol::CLIENT_TOKEN_MAX_LEN
-                    )
-                };
-                return Err(bad_token(
-                    Opt::ClientToken,
-                    g,
-                    format!("does not match ^[a-zA-Z0-9-]{{32,128}}$: it {why}"),
-                ));
-            }
-            Some(Secret::new(g.value.clone()))
+    let client_token_given = match (get(Opt::ClientToken), get(Opt::ClientTokenFile)) {
+        (Some(t), Some(f)) => {
+            return Err(ConfigError::ClientTokenTwice {
+                token: t.origin.clone(),
+                file: f.origin.clone(),
+            })
         }
+        (Some(g), None) => Some(client_token(g)?),
+        _ => None,
     };
-
-    let endpoint = endpoint(get(Opt::Region), get(Opt::ProxyEndpoint))?;
+    let endpoint = endpoint(region, proxy_endpoint, &settings)?;
 
     // Mode: -m, or implied by -s / -d.
+    let explicit_mode = match get(Opt::Mode) {
+        None => None,
+        Some(g) => Some((
+            match g.value.trim().to_ascii_lowercase().as_str() {
+                "src" | "source" => Mode::Source,
+                "dst" | "destination" => Mode::Destination,
+                _ => {
+                    return Err(invalid(
+                        Opt::Mode,
+                        g,
+                        "src, source, dst or destination",
+                        Some(
+                            "Mode value is wrong! Allowed values are: src, dst, source, \
+                             destination"
+                                .into(),
+                        ),
+                    ))
+                }
+            },
+            g,
+        )),
+    };
+    let peer_version = match get(Opt::DestinationClientType) {
+        None => None,
+        Some(g) => Some((
+            match g.value.trim().to_ascii_uppercase().as_str() {
+                "V1" => PeerVersion::V1,
+                "V2" => PeerVersion::V2,
+                "V3" => PeerVersion::V3,
+                _ => return Err(invalid(Opt::DestinationClientType, g, "V1 or V2", None)),
+            },
+            g,
+        )),
+    };
     let source = get(Opt::SourceListenPort);
     let destination = get(Opt::DestinationApp);
     if let (Some(s), Some(d)) = (source, destination) {
@@ -297,17 +415,6 @@ fn build(
             destination: d.origin.clone(),
         });
     }
-    let explicit_mode = match get(Opt::Mode) {
-        None => None,
-        Some(g) => Some((
-            match g.value.trim().to_ascii_lowercase().as_str() {
-                "src" | "source" => Mode::Source,
-                "dst" | "destination" => Mode::Destination,
-                _ => return Err(invalid(Opt::Mode, g, "src, source, dst or destination")),
-            },
-            g,
-        )),
-    };
     let implied = match (source, destination) {
         (Some(s), _) => Some((Mode::Source, Opt::SourceListenPort, s)),
         (_, Some(d)) => Some((Mode::Destination, Opt::DestinationApp, d)),
@@ -324,6 +431,18 @@ fn build(
         }
         (Some((m, _)), _) | (None, Some((m, _, _))) => m,
         (None, None) => return Err(ConfigError::MissingMode),
+    };
+    let peer_version = match peer_version {
+        None => PeerVersion::V3,
+        Some(_) if mode == Mode::Destination => {
+            warnings.push(format!(
+                "{} is for the source only; ignored in destination mode (a destination \
+                 answers each peer in its own protocol version)",
+                Opt::DestinationClientType
+            ));
+            PeerVersion::V3
+        }
+        Some((v, _)) => v,
     };
 
     // Services: -s/-d, else --config-dir, else ./config when it exists.
@@ -342,6 +461,7 @@ fn build(
                     location: location.clone(),
                     item: issue.item,
                     reason: issue.reason,
+                    reference: issue.reference,
                 })?
                 .into_iter()
                 .map(|mapping| Located {
@@ -361,28 +481,6 @@ fn build(
     }
     let services = located.into_iter().map(|l| l.mapping).collect();
 
-    let peer_version = match get(Opt::DestinationClientType) {
-        None => PeerVersion::V3,
-        Some(g) => {
-            let v = match g.value.trim().to_ascii_uppercase().as_str() {
-                "V1" => PeerVersion::V1,
-                "V2" => PeerVersion::V2,
-                "V3" => PeerVersion::V3,
-                _ => return Err(invalid(Opt::DestinationClientType, g, "V1 or V2")),
-            };
-            if mode == Mode::Destination {
-                warnings.push(format!(
-                    "{} is for the source only; ignored in destination mode (a destination \
-                     answers each peer in its own protocol version)",
-                    Opt::DestinationClientType
-                ));
-                PeerVersion::V3
-            } else {
-                v
-            }
-        }
-    };
-
     let bind_address = match get(Opt::LocalBindAddress) {
         None => None,
         Some(g) => {
@@ -396,6 +494,7 @@ fn build(
                     Opt::LocalBindAddress,
                     g,
                     "a host name or IP address",
+                    (!v.is_empty()).then(|| "Bind address contains invalid characters".to_string()),
                 ));
             }
             Some(v.to_string())
@@ -411,6 +510,9 @@ fn build(
                     Opt::Capath,
                     g,
                     "an existing directory of CA certificates",
+                    g.value
+                        .is_empty()
+                        .then(|| "Path cannot be empty".to_string()),
                 ));
             }
             Some(p)
@@ -422,34 +524,30 @@ fn build(
         Some(g) => match g.value.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
-            _ => return Err(invalid(Opt::NoSslHostVerify, g, "true or false")),
+            _ => {
+                return Err(invalid(
+                    Opt::NoSslHostVerify,
+                    g,
+                    "true or false",
+                    Some(format!(
+                        "{}. Valid choices are 'on|off', 'yes|no', '1|0' and 'true|false'",
+                        boost_invalid(Opt::NoSslHostVerify, g)
+                    )),
+                ))
+            }
         },
     };
     // The warning for -k is logged by the session at every connect.
 
-    let mut settings = Settings::default();
-    if let Some(g) = get(Opt::SettingsJson) {
-        let path = PathBuf::from(&g.value);
-        let text = fs::read_to_string(&path).map_err(|e| ConfigError::SettingsFile {
-            path: path.clone(),
-            key: None,
-            reason: e.to_string(),
-        })?;
-        let unknown = settings::apply_json(&mut settings, &text).map_err(|issue| {
-            ConfigError::SettingsFile {
-                path: path.clone(),
-                key: issue.key,
-                reason: issue.reason,
-            }
-        })?;
-        for w in unknown {
-            warnings.push(format!(
-                "{} file {}: {w}",
-                Opt::SettingsJson,
-                path.display()
-            ));
-        }
-    }
+    // Last, once everything else is valid: it may create the file.
+    let client_token = match (client_token_given, get(Opt::ClientTokenFile)) {
+        (Some(t), _) => Some(t),
+        (None, Some(g)) => Some(
+            token_file::load_or_create(Path::new(&g.value))
+                .map_err(ConfigError::ClientTokenFile)?,
+        ),
+        (None, None) => None,
+    };
 
     Ok(Config {
         access_token,
@@ -465,24 +563,39 @@ fn build(
     })
 }
 
-fn endpoint(region: Option<&Given>, endpoint: Option<&Given>) -> Result<Endpoint, ConfigError> {
+/// The service endpoint from `-r` (through the settings' region table) or `-e`.
+fn endpoint(
+    region: Option<&Given>,
+    endpoint: Option<&Given>,
+    settings: &Settings,
+) -> Result<Endpoint, ConfigError> {
     match (region, endpoint) {
         (Some(g), None) => {
             let r = g.value.trim();
-            let ok = !r.is_empty()
-                && r.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-            if !ok {
+            if let Err(why) = settings::check_region(r) {
+                let reference = if r.is_empty() {
+                    "Region cannot be empty"
+                } else if r.len() > 64 {
+                    "Region exceeds maximum allowed length"
+                } else {
+                    "Region must contain only lowercase letters, numbers, and hyphens"
+                };
                 return Err(invalid(
                     Opt::Region,
                     g,
-                    "a region name such as us-east-1 (lower-case letters, digits, '-')",
+                    &format!("a region name such as us-east-1 ({why})"),
+                    Some(reference.into()),
                 ));
             }
-            Ok(Endpoint {
-                host: protocol::endpoint_host_for_region(r),
-                port: protocol::DEFAULT_ENDPOINT_PORT,
-            })
+            let (host, port) = settings.endpoint_for_region(r).map_err(|why| {
+                invalid(
+                    Opt::Region,
+                    g,
+                    &format!("a region whose endpoint setting is HOST[:PORT] ({why})"),
+                    None,
+                )
+            })?;
+            Ok(Endpoint { host, port })
         }
         (None, Some(g)) => {
             let text = g.value.trim();
@@ -493,7 +606,25 @@ fn endpoint(region: Option<&Given>, endpoint: Option<&Given>) -> Result<Endpoint
             let text = text.strip_suffix('/').unwrap_or(text);
             let (host, port) =
                 mapping::parse_host_port(text, Some(protocol::DEFAULT_ENDPOINT_PORT)).map_err(
-                    |reason| invalid(Opt::ProxyEndpoint, g, &format!("HOST[:PORT] ({reason})")),
+                    |reason| {
+                        let reference = if g.value.trim().is_empty() {
+                            "Proxy endpoint cannot be empty".to_string()
+                        } else if g
+                            .value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._:[]-".contains(&b))
+                        {
+                            format!("Invalid endpoint specified: {}", g.value)
+                        } else {
+                            "Proxy endpoint contains invalid characters".to_string()
+                        };
+                        invalid(
+                            Opt::ProxyEndpoint,
+                            g,
+                            &format!("HOST[:PORT] ({reason})"),
+                            Some(reference),
+                        )
+                    },
                 )?;
             Ok(Endpoint { host, port })
         }
@@ -507,28 +638,34 @@ fn endpoint(region: Option<&Given>, endpoint: Option<&Given>) -> Result<Endpoint
 
 fn read_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, ConfigError> {
     mapping::read_config_dir(dir, mode).map_err(|issue| match issue {
-        DirIssue::Unreadable { path, reason } => ConfigError::ConfigDir {
+        DirIssue::Unreadable {
+            path,
+            reason,
+            source,
+        } => ConfigError::ConfigDir {
             reason: if path == dir {
                 reason
             } else {
                 format!("{}: {reason}", path.display())
             },
             path: dir.to_path_buf(),
+            source,
         },
         DirIssue::BadLine { path, line, issue } => ConfigError::InvalidMapping {
             location: format!("{} file {}, line {line}", Opt::ConfigDir, path.display()),
             item: issue.item,
             reason: issue.reason,
+            reference: issue.reference,
         },
     })
 }
 
 /// Writes the default settings JSON to `path` (`--export-default-settings`).
 pub fn write_default_settings(path: &Path) -> Result<(), ConfigError> {
-    fs::write(path, settings::export_json(&Settings::default())).map_err(|e| {
+    fs::write(path, settings::export_json(&Settings::default())).map_err(|source| {
         ConfigError::ExportSettings {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         }
     })
 }
@@ -594,7 +731,6 @@ mod tests {
                 let text = e.to_string();
                 assert!(!text.contains("SECRET"), "token leaked: {text}");
                 assert!(!text.contains(CLIENT), "client token leaked: {text}");
-                assert!(text.ends_with(crate::config::TRY_HELP), "{text}");
                 e
             }
             other => panic!("expected an error, got {other:?}"),
@@ -772,7 +908,7 @@ mod tests {
             .to_string()
             .contains("environment variable AWSIOT_TUNNEL_REGION"));
         let e = fail(&["-s", "1", "-t", TOKEN], &[]);
-        assert_eq!(e, ConfigError::MissingEndpoint);
+        assert!(matches!(e, ConfigError::MissingEndpoint));
         let e = fail(&["-s", "1", "-t", TOKEN, "-e", "wss://h:99999"], &[]);
         assert!(e.to_string().contains("-e/--proxy-endpoint"));
         let e = fail(&["-s", "1", "-t", TOKEN, "-r", "us east"], &[]);
@@ -789,7 +925,7 @@ mod tests {
 
     #[test]
     fn mode_errors() {
-        assert_eq!(fail(&[], &ENV), ConfigError::MissingMode);
+        assert!(matches!(fail(&[], &ENV), ConfigError::MissingMode));
         let e = fail(&["-s", "1", "-d", "2"], &ENV);
         assert!(e
             .to_string()
@@ -848,10 +984,10 @@ mod tests {
 
     #[test]
     fn token_errors_never_show_the_token() {
-        assert_eq!(
+        assert!(matches!(
             fail(&["-s", "1", "-r", "us-east-1"], &[]),
             ConfigError::MissingAccessToken
-        );
+        ));
         let e = fail(&["-s", "1", "-t", "SECRET with space"], &ENV);
         assert!(e.to_string().contains("-t/--access-token"));
         let e = fail(&["-s", "1", "-t", ""], &ENV);
@@ -870,10 +1006,27 @@ mod tests {
         assert_eq!(n.verbosity, 0);
         let (_, n) = run(&["-s", "1", "-v", "255"], &ENV);
         assert_eq!(n.verbosity, 255);
-        for bad in ["256", "-1", "loud"] {
+        // The reference takes any 16-bit number (6 and above: trace).
+        let (_, n) = run(&["-s", "1", "-v", "65535"], &ENV);
+        assert_eq!(n.verbosity, 255);
+        for bad in ["65536", "-1", "loud"] {
             let e = fail(&["-s", "1", "-v", bad], &ENV);
-            assert!(e.to_string().contains("-v/--verbose"), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("-v/--verbose"), "{e}");
+            assert!(
+                text.starts_with(&format!(
+                    "the argument ('{bad}') for option '--verbose' is invalid\n"
+                )),
+                "{e}"
+            );
         }
+        // Named as the reference's parser names a config-file key.
+        let dir = Scratch::new("verbose");
+        let ini = dir.file("v.ini", "verbose = loud\n");
+        let e = fail(&["-s", "1", "--config", &ini], &ENV);
+        assert!(e
+            .to_string()
+            .starts_with("the argument ('loud') for option 'verbose' is invalid\n"));
     }
 
     #[test]
@@ -881,7 +1034,9 @@ mod tests {
         let e = fail(&["--bogus"], &ENV);
         assert!(e.to_string().contains("--bogus"));
         let e = fail(&["-s"], &ENV);
-        assert!(e.to_string().contains("`-s`"));
+        assert!(e
+            .to_string()
+            .contains("the required argument for option '--source-listen-port' is missing"));
         let e = fail(&["stray"], &ENV);
         assert!(e.to_string().contains("stray"));
     }
@@ -920,7 +1075,9 @@ mod tests {
         let missing = dir.0.join("nope").to_string_lossy().into_owned();
         let e = fail(&["-m", "src", "--config-dir", &missing], &ENV);
         assert!(matches!(e, ConfigError::ConfigDir { .. }));
-        assert!(e.to_string().starts_with("--config-dir "));
+        assert!(e.to_string().starts_with(&format!(
+            "Invalid configuration directory: {missing}\n--config-dir "
+        )));
         dir.file("m/b.ini", "SSH1 = 7777\n");
         let e = fail(&["-m", "src", "--config-dir", &m_str], &ENV);
         assert!(matches!(e, ConfigError::DuplicateService { .. }));
@@ -933,9 +1090,11 @@ mod tests {
     #[test]
     fn config_file_errors() {
         let e = fail(&["--config", "/nonexistent/lp.ini"], &ENV);
-        assert!(e
-            .to_string()
-            .starts_with("--config file /nonexistent/lp.ini"));
+        assert!(e.to_string().starts_with(
+            "can not read options configuration file '/nonexistent/lp.ini'\n\
+             --config file /nonexistent/lp.ini"
+        ));
+        assert!(std::error::Error::source(&e).is_some());
         let dir = Scratch::new("cfgfile");
         let ini = dir.file("bad.ini", "region = us-east-1\nsauce = yes\n");
         let e = fail(&["--config", &ini], &ENV);
@@ -1019,7 +1178,11 @@ mod tests {
         let e = write_default_settings(&dir.0.join("no/such/dir.json")).unwrap_err();
         assert!(e
             .to_string()
-            .starts_with("--export-default-settings cannot write"));
+            .contains("\n--export-default-settings cannot write"));
+        let bad = dir.0.join("no/such/dir.json");
+        assert!(e
+            .to_string()
+            .starts_with(&format!("{}: cannot open file\n", bad.display())));
     }
 
     #[cfg(unix)]
@@ -1027,13 +1190,179 @@ mod tests {
     fn non_utf8_arguments_are_an_error() {
         use std::os::unix::ffi::OsStringExt;
         let args = vec![OsString::from("-s"), OsString::from_vec(vec![0xff, 0xfe])];
-        assert_eq!(
+        assert!(matches!(
             args_from_os(args),
             Err(ConfigError::NotUtf8 { position: 2 })
+        ));
+        assert_eq!(
+            args_from_os(vec![OsString::from("-h")]).unwrap(),
+            vec!["-h".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_user_added_region_override_routes_r() {
+        let dir = Scratch::new("override");
+        let json = dir.file(
+            "s.json",
+            r#"{"tunneling":{"proxy":{"region_endpoint_overrides":{"lab-east-1":"127.0.0.1:4443"}}}}"#,
+        );
+        let env = [("AWSIOT_TUNNEL_ACCESS_TOKEN", TOKEN)];
+        let (c, _) = run(
+            &["-s", "1", "-r", "lab-east-1", "--settings-json", &json],
+            &env,
         );
         assert_eq!(
-            args_from_os(vec![OsString::from("-h")]),
-            Ok(vec!["-h".to_string()])
+            c.endpoint,
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 4443
+            }
         );
+        // Other regions keep the defaults, the China ones included.
+        let (c, _) = run(
+            &["-s", "1", "-r", "cn-north-1", "--settings-json", &json],
+            &env,
+        );
+        assert_eq!(
+            c.endpoint.host,
+            "data.tunneling.iot.cn-north-1.amazonaws.com.cn"
+        );
+        // An override of a China region wins over the default.
+        let json = dir.file(
+            "cn.json",
+            r#"{"tunneling":{"proxy":{"region_endpoint_overrides":{"cn-north-1":"cn.example:9"}}}}"#,
+        );
+        let (c, _) = run(
+            &["-s", "1", "-r", "cn-north-1", "--settings-json", &json],
+            &env,
+        );
+        assert_eq!(
+            (c.endpoint.host.as_str(), c.endpoint.port),
+            ("cn.example", 9)
+        );
+    }
+
+    #[test]
+    fn the_reference_export_file_loads_through_settings_json() {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/reference-settings.json"
+        );
+        let (c, n) = run(&["-s", "1", "--settings-json", p], &ENV);
+        assert_eq!(c.settings, Settings::default());
+        assert!(n.warnings.is_empty(), "{:?}", n.warnings);
+    }
+
+    #[test]
+    fn errors_come_in_the_reference_order_with_its_words() {
+        let first_line = |args: &[&str], env: &[(&str, &str)]| {
+            fail(args, env)
+                .to_string()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let token = [("AWSIOT_TUNNEL_ACCESS_TOKEN", TOKEN)];
+        assert_eq!(
+            first_line(&[], &[]),
+            "the option '--access-token' is required but missing"
+        );
+        assert_eq!(
+            first_line(&["-s", "5555"], &token),
+            "Must specify one and only one of --region/-r or --proxy-endpoint/-e options"
+        );
+        assert_eq!(
+            first_line(&["-r", "us-east-1"], &token),
+            "Must specify one of --source-listen-port/-s or --destination-app/-d or --mode"
+        );
+        assert_eq!(
+            first_line(
+                &["-r", "us-east-1", "-s", "5555", "-d", "127.0.0.1:22"],
+                &token
+            ),
+            "Must specify one and only one of --source-listen-port/-s or --destination-app/-d"
+        );
+        assert_eq!(
+            first_line(
+                &["-r", "us-east-1", "-m", "bogus", "-s", "1", "-d", "2"],
+                &token
+            ),
+            "Mode value is wrong! Allowed values are: src, dst, source, destination"
+        );
+        assert_eq!(
+            first_line(&["-r", "us-east-1", "-s", "5555", "-m", "dst"], &token),
+            "-s and --mode have mismatched mode. Mode is set to destination!"
+        );
+        assert_eq!(
+            first_line(&["-r", "us-east-1", "-d", "22", "-m", "src"], &token),
+            "-s and --mode have mismatched mode. Mode is set to source!"
+        );
+        assert_eq!(
+            first_line(&["-r", "US", "-s", "1"], &token),
+            "Region must contain only lowercase letters, numbers, and hyphens"
+        );
+        assert_eq!(
+            first_line(&["-e", "h:99999", "-s", "1"], &token),
+            "Invalid endpoint specified: h:99999"
+        );
+        assert_eq!(
+            first_line(&["-s", "1", "-t", "SECRET\u{1}x"], &ENV[1..]),
+            "Access token contains invalid control characters"
+        );
+        assert_eq!(
+            first_line(&["-s", "1", "-i", "SECRET"], &ENV),
+            "Client token must be between 32 and 128 characters"
+        );
+        assert_eq!(
+            first_line(&["-s", "0"], &ENV),
+            "Port must be between 1 and 65535"
+        );
+        assert_eq!(
+            first_line(&["-s", "1", "-b", "a b"], &ENV),
+            "Bind address contains invalid characters"
+        );
+    }
+
+    #[test]
+    fn client_token_file_is_created_then_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = Scratch::new("ctf");
+        let file = dir.0.join("client-token");
+        let f = file.to_string_lossy().into_owned();
+        let (c, n) = run(&["-d", "22", "--client-token-file", &f], &ENV);
+        let token = c.client_token.expect("a client token");
+        assert!(protocol::is_valid_client_token(token.expose()));
+        assert!(n.warnings.iter().all(|w| !w.contains(token.expose())));
+        let mode = fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The same token after a restart, also from a --config file.
+        let ini = dir.file("d.ini", &format!("client-token-file = {f}\n"));
+        let (c, _) = run(&["-d", "22", "--config", &ini], &ENV);
+        assert_eq!(c.client_token, Some(token));
+        // Too open: refused, saying what to do.
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = fail(&["-d", "22", "--client-token-file", &f], &ENV);
+        assert!(matches!(e, ConfigError::ClientTokenFile(_)));
+        assert!(e.to_string().contains(&format!("chmod 600 {f}")), "{e}");
+    }
+
+    #[test]
+    fn client_token_file_conflicts_with_a_client_token() {
+        let dir = Scratch::new("ctf-conflict");
+        let f = dir.0.join("t").to_string_lossy().into_owned();
+        let e = fail(&["-d", "22", "-i", CLIENT, "--client-token-file", &f], &ENV);
+        assert!(matches!(e, ConfigError::ClientTokenTwice { .. }));
+        let mut env = ENV.to_vec();
+        env.push(("AWSIOT_TUNNEL_CLIENT_TOKEN", CLIENT));
+        let e = fail(&["-d", "22", "--client-token-file", &f], &env);
+        assert!(e
+            .to_string()
+            .contains("environment variable AWSIOT_TUNNEL_CLIENT_TOKEN"));
+        // Nothing was created, and neither when another option is wrong.
+        let e = fail(&["-d", "22", "-b", "a b", "--client-token-file", &f], &ENV);
+        assert!(matches!(e, ConfigError::InvalidValue { .. }));
+        assert!(!Path::new(&f).exists());
     }
 }

@@ -12,6 +12,69 @@ pub struct MappingIssue {
     /// The item at fault, as written.
     pub item: String,
     pub reason: String,
+    /// The reference's message for the item, when it refuses it too.
+    pub reference: Option<String>,
+}
+
+impl MappingIssue {
+    fn new(item: &str, reason: String, reference: Option<String>) -> MappingIssue {
+        MappingIssue {
+            item: item.to_string(),
+            reason,
+            reference,
+        }
+    }
+
+    /// An issue with the target of `item`: the reference's message comes
+    /// from its own checks of the target.
+    fn target(item: &str, target: &str, reason: String) -> MappingIssue {
+        let reference = reference_target_check(target.trim()).map(str::to_string);
+        MappingIssue::new(item, reason, reference)
+    }
+}
+
+/// The reference's message for a port it refuses (its `validate_port_string`).
+fn reference_port_check(port: &str) -> Option<&'static str> {
+    if port.is_empty() {
+        Some("Port cannot be empty")
+    } else if !port.bytes().all(|b| b.is_ascii_digit()) {
+        Some("Port must contain only digits")
+    } else {
+        match port.parse::<i32>() {
+            Err(_) => Some("Port value is too large"),
+            Ok(p) if !(1..=65_535).contains(&p) => Some("Port must be between 1 and 65535"),
+            Ok(_) => None,
+        }
+    }
+}
+
+/// The reference's message for a mapping target it refuses (its
+/// `validate_destination_endpoint`), `None` when it accepts the target.
+fn reference_target_check(target: &str) -> Option<&'static str> {
+    if target.is_empty() {
+        return Some("Endpoint cannot be empty");
+    }
+    if target.bytes().all(|b| b.is_ascii_digit()) {
+        return reference_port_check(target);
+    }
+    if target.contains('/') {
+        return None;
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"._:[]-".contains(&b);
+    if target.len() > 253 {
+        return Some("Bind address exceeds maximum allowed length");
+    }
+    if !target.bytes().all(allowed) {
+        return Some("Bind address contains invalid characters");
+    }
+    let last_colon = target.rfind(':')?;
+    if target.rfind(']').is_some_and(|b| b > last_colon) {
+        return None;
+    }
+    match &target[last_colon + 1..] {
+        "" => None,
+        port => reference_port_check(port),
+    }
 }
 
 /// A mapping and where it was written (for duplicate-id messages).
@@ -22,10 +85,14 @@ pub struct Located {
 }
 
 /// Why a `--config-dir` cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum DirIssue {
     /// The directory or one of its files cannot be read.
-    Unreadable { path: PathBuf, reason: String },
+    Unreadable {
+        path: PathBuf,
+        reason: String,
+        source: Option<std::io::Error>,
+    },
     /// A line is not `ID = value`.
     BadLine {
         path: PathBuf,
@@ -49,42 +116,76 @@ pub fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
+/// Why a `host[:port]` is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPortError {
+    /// Nothing before the port (the whole text).
+    EmptyHost(String),
+    /// The port is not a number in 1..=65535 (the port text, and why).
+    BadPort { port: String, reason: String },
+    /// Any other problem, in words that quote the text.
+    Malformed(String),
+}
+
+impl std::fmt::Display for HostPortError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPortError::EmptyHost(text) => write!(f, "'{text}': empty host"),
+            HostPortError::BadPort { reason, .. } => f.write_str(reason),
+            HostPortError::Malformed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// `host:port`, `[v6]:port`, or `host` alone when `default_port` is given.
-/// The host is returned without brackets.
-pub fn parse_host_port(text: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
+/// The host is returned without brackets. The one parser of `host:port` in
+/// the crate (the endpoint, mappings, region settings, the web proxy).
+pub fn parse_host_port(
+    text: &str,
+    default_port: Option<u16>,
+) -> Result<(String, u16), HostPortError> {
     let text = text.trim();
+    let port_of = |port: &str| {
+        parse_port(port).map_err(|reason| HostPortError::BadPort {
+            port: port.to_string(),
+            reason,
+        })
+    };
+    let malformed = |why: String| Err(HostPortError::Malformed(why));
     if let Some(rest) = text.strip_prefix('[') {
         let Some((host, after)) = rest.split_once(']') else {
-            return Err(format!("'{text}': missing ']' after the IPv6 address"));
+            return malformed(format!("'{text}': missing ']' after the IPv6 address"));
         };
         if host.is_empty() {
-            return Err(format!("'{text}': empty host"));
+            return Err(HostPortError::EmptyHost(text.to_string()));
         }
         let port = match after.strip_prefix(':') {
-            Some(port) => parse_port(port)?,
-            None if after.is_empty() => default_port
-                .ok_or_else(|| format!("'{text}': a port is needed ([address]:port)"))?,
-            None => return Err(format!("'{text}': expected ':port' after ']'")),
+            Some(port) => port_of(port)?,
+            None if after.is_empty() => match default_port {
+                Some(p) => p,
+                None => return malformed(format!("'{text}': a port is needed ([address]:port)")),
+            },
+            None => return malformed(format!("'{text}': expected ':port' after ']'")),
         };
         return Ok((host.to_string(), port));
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((host, _)) if host.contains(':') => {
-            return Err(format!(
+            return malformed(format!(
                 "'{text}': write an IPv6 address in brackets, as [address]:port"
             ))
         }
-        Some((host, port)) => (host, parse_port(port)?),
-        None => (
-            text,
-            default_port.ok_or_else(|| format!("'{text}': expected host:port"))?,
-        ),
+        Some((host, port)) => (host, port_of(port)?),
+        None => match default_port {
+            Some(p) => (text, p),
+            None => return malformed(format!("'{text}': expected host:port")),
+        },
     };
     if host.is_empty() {
-        return Err(format!("'{text}': empty host"));
+        return Err(HostPortError::EmptyHost(text.to_string()));
     }
     if host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(format!("'{text}': '{host}' is not a host name or address"));
+        return malformed(format!("'{text}': '{host}' is not a host name or address"));
     }
     Ok((host.to_string(), port))
 }
@@ -102,7 +203,7 @@ pub fn parse_destination(text: &str) -> Result<DestinationAddr, String> {
             port: parse_port(text)?,
         });
     }
-    let (host, port) = parse_host_port(text, None)?;
+    let (host, port) = parse_host_port(text, None).map_err(|e| e.to_string())?;
     Ok(DestinationAddr::Tcp { host, port })
 }
 
@@ -134,28 +235,37 @@ fn check_id(id: &str) -> Result<(), String> {
 /// An `-s`/`-d` value: one unnamed target (`5555`, `22`, `host:port`, path)
 /// or `ID=target,ID=target,...`.
 pub fn parse_mappings(value: &str, mode: Mode) -> Result<Vec<ServiceMapping>, MappingIssue> {
-    let issue = |item: &str, reason: String| MappingIssue {
-        item: item.to_string(),
-        reason,
-    };
     let items: Vec<&str> = value.split(',').map(str::trim).collect();
     if items.len() == 1 && split_id(items[0]).is_none() {
-        let target = parse_target(items[0], mode).map_err(|r| issue(items[0], r))?;
+        let target = parse_target(items[0], mode)
+            .map_err(|r| MappingIssue::target(items[0], items[0], r))?;
         return Ok(vec![ServiceMapping { id: None, target }]);
     }
     let mut out = Vec::with_capacity(items.len());
-    for item in items {
+    // Empty items (`A=1,,B=2`, a trailing ',') are skipped, as the reference does.
+    for item in items.into_iter().filter(|i| !i.is_empty()) {
         let Some((id, target)) = split_id(item) else {
-            let reason = if item.is_empty() {
-                "empty item (stray ',')".to_string()
-            } else {
-                "several services need ids: write ID=value for each".to_string()
-            };
-            return Err(issue(item, reason));
+            return Err(MappingIssue::new(
+                item,
+                "several services need ids: write ID=value for each".to_string(),
+                Some("Wrong format for the port mappings! Example: SSH1=5555,SSH2=6666.".into()),
+            ));
         };
         let id = id.trim();
-        check_id(id).map_err(|r| issue(item, r))?;
-        let target = parse_target(target, mode).map_err(|r| issue(item, r))?;
+        let wrong_format = || {
+            Some(format!(
+                "Wrong format for the port mappings: {item} .Example: SSH1=5555"
+            ))
+        };
+        check_id(id)
+            .map_err(|r| MappingIssue::new(item, r, id.is_empty().then(wrong_format).flatten()))?;
+        let target = parse_target(target, mode).map_err(|r| {
+            let mut issue = MappingIssue::target(item, target, r);
+            if target.trim().is_empty() {
+                issue.reference = wrong_format();
+            }
+            issue
+        })?;
         out.push(ServiceMapping {
             id: Some(id.to_string()),
             target,
@@ -186,27 +296,30 @@ pub fn read_config_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, DirIssue>
     for file in files {
         let text = fs::read_to_string(&file).map_err(|e| DirIssue::Unreadable {
             path: file.clone(),
-            reason: e.to_string(),
+            reason: "cannot be read".to_string(),
+            source: Some(e),
         })?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
                 continue;
             }
-            let bad = |reason: String| DirIssue::BadLine {
+            let bad = |issue: MappingIssue| DirIssue::BadLine {
                 path: file.clone(),
                 line: n + 1,
-                issue: MappingIssue {
-                    item: line.to_string(),
-                    reason,
-                },
+                issue,
             };
             let Some((id, value)) = split_id(line) else {
-                return Err(bad("expected ID = value".to_string()));
+                return Err(bad(MappingIssue::new(
+                    line,
+                    "expected ID = value".to_string(),
+                    None,
+                )));
             };
             let id = id.trim();
-            check_id(id).map_err(bad)?;
-            let target = parse_target(value, mode).map_err(bad)?;
+            check_id(id).map_err(|r| bad(MappingIssue::new(line, r, None)))?;
+            let target =
+                parse_target(value, mode).map_err(|r| bad(MappingIssue::target(line, value, r)))?;
             out.push(Located {
                 mapping: ServiceMapping {
                     id: Some(id.to_string()),
@@ -222,12 +335,14 @@ pub fn read_config_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, DirIssue>
 fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DirIssue> {
     let unreadable = |path: &Path, e: std::io::Error| DirIssue::Unreadable {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: "cannot be read".to_string(),
+        source: Some(e),
     };
     if depth > MAX_DIR_DEPTH {
         return Err(DirIssue::Unreadable {
             path: dir.to_path_buf(),
             reason: format!("nested more than {MAX_DIR_DEPTH} directories deep"),
+            source: None,
         });
     }
     let mut entries = Vec::new();
@@ -283,9 +398,13 @@ mod tests {
         assert!(parse_host_port("h", None).is_err());
         assert!(parse_host_port("::1:22", None)
             .unwrap_err()
+            .to_string()
             .contains("brackets"));
         assert!(parse_host_port("[::1:22", None).is_err());
-        assert!(parse_host_port(":22", None).unwrap_err().contains("empty"));
+        assert!(parse_host_port(":22", None)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(parse_host_port("h:0", None).is_err());
     }
 
@@ -335,11 +454,55 @@ mod tests {
         let e = parse_mappings("5555,SSH=6666", Mode::Source).unwrap_err();
         assert_eq!(e.item, "5555");
         assert!(e.reason.contains("ID=value"));
-        assert!(parse_mappings("A=1,,B=2", Mode::Source).is_err());
-        assert!(parse_mappings("=1", Mode::Source)
-            .unwrap_err()
-            .reason
-            .contains("empty"));
+        assert_eq!(
+            e.reference.as_deref(),
+            Some("Wrong format for the port mappings! Example: SSH1=5555,SSH2=6666.")
+        );
+        assert_eq!(parse_mappings("A=1,,B=2,", Mode::Source).unwrap().len(), 2);
+        let e = parse_mappings("=1", Mode::Source).unwrap_err();
+        assert!(e.reason.contains("empty"));
+        assert_eq!(
+            e.reference.as_deref(),
+            Some("Wrong format for the port mappings: =1 .Example: SSH1=5555")
+        );
+        let e = parse_mappings("SSH1=", Mode::Source).unwrap_err();
+        assert_eq!(
+            e.reference.as_deref(),
+            Some("Wrong format for the port mappings: SSH1= .Example: SSH1=5555")
+        );
+    }
+
+    #[test]
+    fn refused_targets_carry_the_reference_message() {
+        let reference = |v: &str, mode| parse_mappings(v, mode).unwrap_err().reference;
+        let port = |v: &str| reference(v, Mode::Source);
+        assert_eq!(
+            port("0").as_deref(),
+            Some("Port must be between 1 and 65535")
+        );
+        assert_eq!(
+            port("A=65536").as_deref(),
+            Some("Port must be between 1 and 65535")
+        );
+        assert_eq!(
+            port("99999999999").as_deref(),
+            Some("Port value is too large")
+        );
+        // The reference takes a name as a target; we refuse it without its words.
+        assert_eq!(port("A=ssh"), None);
+        let dst = |v: &str| reference(v, Mode::Destination);
+        assert_eq!(
+            dst("host:0").as_deref(),
+            Some("Port must be between 1 and 65535")
+        );
+        assert_eq!(
+            dst("host:x").as_deref(),
+            Some("Port must contain only digits")
+        );
+        assert_eq!(
+            dst("A=ho st:22").as_deref(),
+            Some("Bind address contains invalid characters")
+        );
     }
 
     #[test]

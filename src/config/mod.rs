@@ -68,60 +68,12 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-/// `tunneling.proxy.*` settings (docs/protocol.md 5), after overrides.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    pub default_bind_address: String,
-    pub data_length_size: usize,
-    pub max_payload_size: usize,
-    pub max_size: usize,
-    pub tcp_connection_retry_count: i64,
-    pub tcp_connection_retry_delay_ms: u64,
-    pub tcp_read_buffer_size: usize,
-    /// Simultaneous local connections of one tunnel.
-    pub tcp_max_active_connections: usize,
-    /// Source: a connection whose data got no answer at all from the
-    /// destination this long is reset (0: never).
-    pub tcp_answer_timeout_ms: u64,
-    pub ping_period_ms: u64,
-    pub retry_delay_ms: u64,
-    pub connect_retry_count: i64,
-    pub reconnect_on_data_error: bool,
-    pub subprotocol: String,
-    pub max_frame_size: usize,
-    pub ws_write_buffer_size: usize,
-    pub ws_read_buffer_size: usize,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            default_bind_address: "localhost".into(),
-            data_length_size: 2,
-            max_payload_size: 64_512,
-            max_size: 65_536,
-            tcp_connection_retry_count: 5,
-            tcp_connection_retry_delay_ms: 2_500,
-            tcp_read_buffer_size: 131_076,
-            tcp_max_active_connections: 128,
-            tcp_answer_timeout_ms: 30_000,
-            ping_period_ms: 20_000,
-            retry_delay_ms: 2_500,
-            connect_retry_count: -1,
-            reconnect_on_data_error: true,
-            subprotocol: crate::protocol::SUBPROTOCOL_V3.into(),
-            max_frame_size: 131_076,
-            ws_write_buffer_size: 131_076,
-            ws_read_buffer_size: 131_076,
-        }
-    }
-}
-
 /// Everything the proxy needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub access_token: Secret,
-    /// Given by `-i` or the environment; the tunnel generates one when absent.
+    /// Given by `-i`, the environment or `--client-token-file`; the tunnel
+    /// generates one per process when absent.
     pub client_token: Option<Secret>,
     pub endpoint: Endpoint,
     pub mode: Mode,
@@ -142,14 +94,21 @@ mod load;
 mod mapping;
 mod opt;
 mod settings;
+mod token_file;
 
+pub use cli::UsageError;
 pub use error::{ConfigError, TRY_HELP};
 pub use load::{
     args_from_os, parse, parse_with_default_dir, write_default_settings, Action, RunNotes,
     DEFAULT_CONFIG_DIR, DEFAULT_VERBOSITY, ENV_VARS,
 };
-pub use mapping::{parse_destination, parse_host_port};
+pub use mapping::{parse_destination, parse_host_port, HostPortError};
 pub use opt::{Opt, Origin};
 pub use settings::{
-    apply_json as apply_settings_json, export_json as export_settings_json, keys as settings_keys,
+    apply_json as apply_settings_json, export_json as export_settings_json,
+    export_reference_json as export_reference_settings_json, keys as settings_keys, Settings,
+    KEYS as SETTINGS,
+};
+pub use token_file::{
+    load_or_create as load_or_create_client_token, TokenFileError, TokenFileProblem,
 };

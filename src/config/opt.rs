@@ -24,11 +24,13 @@ pub enum Opt {
     ConfigDir,
     Help,
     Version,
+    /// Ours: the client token kept in a file across restarts.
+    ClientTokenFile,
 }
 
 impl Opt {
-    /// Every option, in the order of `--help`.
-    pub const ALL: [Opt; 18] = [
+    /// Every option, in the order of `--help`: the reference's order, then ours.
+    pub const ALL: [Opt; 19] = [
         Opt::Help,
         Opt::Version,
         Opt::AccessToken,
@@ -37,17 +39,80 @@ impl Opt {
         Opt::Region,
         Opt::SourceListenPort,
         Opt::DestinationApp,
-        Opt::Mode,
         Opt::LocalBindAddress,
-        Opt::ConfigDir,
-        Opt::DestinationClientType,
         Opt::Capath,
         Opt::NoSslHostVerify,
-        Opt::Config,
-        Opt::SettingsJson,
         Opt::ExportDefaultSettings,
+        Opt::SettingsJson,
+        Opt::Config,
         Opt::Verbose,
+        Opt::Mode,
+        Opt::DestinationClientType,
+        Opt::ConfigDir,
+        Opt::ClientTokenFile,
     ];
+
+    /// The reference's description of the option in its `--help`, verbatim
+    /// (its main.cpp); `None` for options the reference does not have.
+    pub fn reference_help(self) -> Option<&'static str> {
+        Some(match self {
+            Opt::Help => "Show help message",
+            Opt::Version => "Show current version of Local Proxy and exit",
+            Opt::AccessToken => "Client access token",
+            Opt::ClientToken => "Optional Client Token",
+            Opt::ProxyEndpoint => {
+                "Endpoint of proxy server with port (if not default 443). Example: \
+                 data.tunneling.iot.us-east-1.amazonaws.com:443"
+            }
+            Opt::Region => {
+                "Endpoint region where tunnel exists. Mutually exclusive flag with --proxy-endpoint"
+            }
+            Opt::SourceListenPort => {
+                "Sets the mappings between source listening ports and service identifier. \
+                 Example: SSH1=5555 or 5555"
+            }
+            Opt::DestinationApp => {
+                "Sets the mappings between the endpoint(address:port/port) and service \
+                 identifier. Example: SSH1=127.0.0.1:22 or 22"
+            }
+            Opt::LocalBindAddress => {
+                "Assigns a specific local address to bind to for listening in source mode or a \
+                 local socket address for destination mode."
+            }
+            Opt::Capath => {
+                "Adds the directory containing certificate authority files to be used for \
+                 performing verification"
+            }
+            Opt::NoSslHostVerify => {
+                "[INSECURE - DEV/TEST ONLY] Turn off SSL host verification. WARNING: This \
+                 disables critical security checks and should NEVER be used in production."
+            }
+            Opt::ExportDefaultSettings => {
+                "Exports the default settings for the TCP adapter to the given file as json and \
+                 exit program"
+            }
+            Opt::SettingsJson => "Use the input JSON file to apply fine grained settings.",
+            Opt::Config => {
+                "Use the supplied configuration file to apply CLI args. Actual CLI args override \
+                 the contents of this file"
+            }
+            Opt::Verbose => {
+                "Logging level to standard out. [0, 255] (0=off, 1=fatal, 2=error, 3=warning, \
+                 4=info, 5=debug, >=6=trace)"
+            }
+            Opt::Mode => "The mode local proxy will run: src(source) or dst(destination)",
+            Opt::DestinationClientType => {
+                "Specify the value V1 or V2 to run the localproxy in compatibility mode with \
+                 older clients. This should only be used when running localproxy in source mode."
+            }
+            Opt::ConfigDir => {
+                "Set the configuration directory where service identifier mappings are stored. \
+                 If not specified, will read mappings from default directory ./config (same \
+                 directory where local proxy binary is running)"
+            }
+            Opt::ClientTokenFile => return None,
+        })
+    }
 
     /// The long name, without the leading `--` (also the key in a `--config` file).
     pub fn long(self) -> &'static str {
@@ -70,6 +135,7 @@ impl Opt {
             Opt::ConfigDir => "config-dir",
             Opt::Help => "help",
             Opt::Version => "version",
+            Opt::ClientTokenFile => "client-token-file",
         }
     }
 
@@ -90,9 +156,11 @@ impl Opt {
             Opt::DestinationClientType => 'y',
             Opt::Help => 'h',
             Opt::Version => 'V',
-            Opt::ExportDefaultSettings | Opt::SettingsJson | Opt::Config | Opt::ConfigDir => {
-                return None
-            }
+            Opt::ExportDefaultSettings
+            | Opt::SettingsJson
+            | Opt::Config
+            | Opt::ConfigDir
+            | Opt::ClientTokenFile => return None,
         })
     }
 
@@ -112,6 +180,22 @@ impl Opt {
     /// Whether the option is a flag (takes no value).
     pub fn is_flag(self) -> bool {
         matches!(self, Opt::NoSslHostVerify | Opt::Help | Opt::Version)
+    }
+
+    /// Whether giving the option several times adds up (`-s`, `-d`) instead
+    /// of being an error.
+    pub fn is_repeatable(self) -> bool {
+        matches!(self, Opt::SourceListenPort | Opt::DestinationApp)
+    }
+
+    /// How the reference's option parser (boost::program_options) names the
+    /// option in its messages: `--long` for the command line, the bare long
+    /// name for a config file or the environment.
+    pub fn boost_name(self, origin: &Origin) -> String {
+        match origin {
+            Origin::CommandLine => format!("--{}", self.long()),
+            Origin::ConfigFile(..) | Origin::Environment(_) => self.long().to_string(),
+        }
     }
 }
 

@@ -1,46 +1,436 @@
-//! Settings JSON: `--export-default-settings` (the reference's nested shape, values
-//! as strings) and `--settings-json` (key-by-key overrides of the defaults).
+//! Settings (`tunneling.proxy.*`): one table describes each key once (name,
+//! default, meaning, accepted values), and the [`Settings`] struct, its
+//! defaults, `--export-default-settings`, `--settings-json` and the settings
+//! part of `--help` all come from it.
+//!
+//! The export is the reference's (`boost::property_tree::write_json`: nested
+//! objects, 4-space indent, every value a string, keys in the reference's
+//! order) plus the keys the reference reads but does not write
+//! (`tcp.write_buffer_size`, `endpoint_format`). A file in the reference's
+//! format loads and means the same; values may also be JSON numbers or
+//! booleans. Keys absent from a `--settings-json` file keep their defaults.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::Settings;
+use super::mapping;
 use crate::protocol;
 
 /// Root of every settings key.
-const ROOT: &str = "tunneling.proxy";
+pub const ROOT: &str = "tunneling.proxy";
 
-/// The groups below [`ROOT`] and their leaves, in export order; `""` is the
-/// root group itself.
-const GROUPS: [(&str, &[&str]); 4] = [
-    ("", &["default_bind_address"]),
-    (
-        "message",
-        &["data_length_size", "max_payload_size", "max_size"],
-    ),
-    (
-        "tcp",
-        &[
-            "connection_retry_count",
-            "connection_retry_delay_ms",
-            "read_buffer_size",
-            "max_active_connections",
-            "answer_timeout_ms",
-        ],
-    ),
-    (
-        "websocket",
-        &[
-            "ping_period_ms",
-            "retry_delay_ms",
-            "connect_retry_count",
-            "reconnect_on_data_error",
-            "subprotocol",
-            "max_frame_size",
-            "write_buffer_size",
-            "read_buffer_size",
-        ],
-    ),
+/// The values a key accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    /// An integer in `min..=max`, as a JSON number or a string of digits.
+    Int { min: i64, max: i64 },
+    /// `true`/`false` (also `1`/`0`), as a JSON boolean or string.
+    Bool,
+    /// A non-empty string.
+    Text,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+    /// A `HOST[:PORT]` pattern holding `%s` once, where the region goes.
+    RegionFormat,
+    /// An object: region name -> `HOST[:PORT]`.
+    RegionMap,
+}
+
+impl Accepts {
+    /// The accepted values in words (for errors and the README).
+    pub fn describe(self) -> String {
+        match self {
+            Accepts::Int { min, max } if min == max => format!("{min}"),
+            Accepts::Int { min, max } if max == i64::MAX => format!("an integer >= {min}"),
+            Accepts::Int { min, max } => format!("an integer in {min}..={max}"),
+            Accepts::Bool => "a boolean (true/false, as JSON boolean or string)".into(),
+            Accepts::Text => "a non-empty string".into(),
+            Accepts::OneOf(list) => format!("one of {}", list.join(", ")),
+            Accepts::RegionFormat => "HOST[:PORT] holding %s once (the region)".into(),
+            Accepts::RegionMap => "an object of region names to HOST[:PORT]".into(),
+        }
+    }
+}
+
+/// One settings key.
+pub struct Key {
+    /// The key below [`ROOT`], dotted: `tcp.max_active_connections`.
+    pub key: &'static str,
+    /// What it means (from the field's documentation).
+    pub meaning: &'static str,
+    pub accepts: Accepts,
+    /// False for keys accepted for compatibility with the reference's
+    /// settings files that this proxy does not use.
+    pub used: bool,
+    get: fn(&Settings) -> Value,
+    set: fn(&mut Settings, &Value) -> Result<(), String>,
+}
+
+impl Key {
+    /// The full dotted key: `tunneling.proxy.tcp.max_active_connections`.
+    pub fn full(&self) -> String {
+        format!("{ROOT}.{}", self.key)
+    }
+
+    /// The value in `s` as the export writes it (a string, or an object of
+    /// strings for `region_endpoint_overrides`).
+    pub fn get(&self, s: &Settings) -> Value {
+        (self.get)(s)
+    }
+
+    /// The default, as the export writes it.
+    pub fn default_value(&self) -> Value {
+        (self.get)(&Settings::default())
+    }
+}
+
+/// A settings value type: how it is written and read back.
+trait SettingValue {
+    fn to_json(&self) -> Value;
+    /// Replaces `self` with `v` (checked against `accepts`); the
+    /// region map merges instead.
+    fn apply(&mut self, v: &Value, accepts: Accepts) -> Result<(), String>;
+}
+
+fn int_of(v: &Value, accepts: Accepts) -> Result<i64, String> {
+    let Accepts::Int { min, max } = accepts else {
+        return Err(format!("expected {}", accepts.describe()));
+    };
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(t) => t.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected {} (JSON number or string), found {}",
+            accepts.describe(),
+            shown(v)
+        )),
+    }
+}
+
+macro_rules! integer_setting {
+    ($($t:ty),*) => {$(
+        impl SettingValue for $t {
+            fn to_json(&self) -> Value {
+                Value::String(self.to_string())
+            }
+            fn apply(&mut self, v: &Value, accepts: Accepts) -> Result<(), String> {
+                let n = int_of(v, accepts)?;
+                *self = <$t>::try_from(n)
+                    .map_err(|_| format!("{n} does not fit this setting on this machine"))?;
+                Ok(())
+            }
+        }
+    )*};
+}
+integer_setting!(i64, u64, usize);
+
+impl SettingValue for bool {
+    fn to_json(&self) -> Value {
+        Value::String(self.to_string())
+    }
+    fn apply(&mut self, v: &Value, accepts: Accepts) -> Result<(), String> {
+        *self = match v {
+            Value::Bool(b) => *b,
+            Value::String(t) if matches!(t.trim(), "true" | "1") => true,
+            Value::String(t) if matches!(t.trim(), "false" | "0") => false,
+            _ => {
+                return Err(format!(
+                    "expected {}, found {}",
+                    accepts.describe(),
+                    shown(v)
+                ))
+            }
+        };
+        Ok(())
+    }
+}
+
+impl SettingValue for String {
+    fn to_json(&self) -> Value {
+        Value::String(self.clone())
+    }
+    fn apply(&mut self, v: &Value, accepts: Accepts) -> Result<(), String> {
+        let text = match v {
+            Value::String(t) if !t.trim().is_empty() => t.trim(),
+            _ => return Err(format!("expected a non-empty string, found {}", shown(v))),
+        };
+        match accepts {
+            Accepts::OneOf(list) if !list.contains(&text) => {
+                return Err(format!(
+                    "expected {}, found {}",
+                    accepts.describe(),
+                    shown(v)
+                ))
+            }
+            Accepts::RegionFormat => check_region_format(text)?,
+            _ => {}
+        }
+        *self = text.to_string();
+        Ok(())
+    }
+}
+
+impl SettingValue for BTreeMap<String, String> {
+    fn to_json(&self) -> Value {
+        Value::Object(
+            self.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect(),
+        )
+    }
+    fn apply(&mut self, v: &Value, accepts: Accepts) -> Result<(), String> {
+        let Value::Object(map) = v else {
+            return Err(format!(
+                "expected {}, found {}",
+                accepts.describe(),
+                shown(v)
+            ));
+        };
+        // Checked as a whole first, so an error leaves the map unchanged.
+        let mut add = Vec::with_capacity(map.len());
+        for (region, endpoint) in map {
+            check_region(region).map_err(|e| format!("region '{}': {e}", shorten(region)))?;
+            let Value::String(endpoint) = endpoint else {
+                return Err(format!(
+                    "region '{region}': expected HOST[:PORT] as a string, found {}",
+                    shown(endpoint)
+                ));
+            };
+            let endpoint = endpoint.trim();
+            mapping::parse_host_port(endpoint, Some(protocol::DEFAULT_ENDPOINT_PORT))
+                .map_err(|e| format!("region '{region}': expected HOST[:PORT]: {e}"))?;
+            add.push((region.clone(), endpoint.to_string()));
+        }
+        self.extend(add);
+        Ok(())
+    }
+}
+
+/// Declares the settings: each entry is one key, once. The doc comment is the
+/// key's meaning; `compat` marks keys accepted but not used.
+macro_rules! settings_table {
+    ($(
+        $(#[doc = $doc:literal])+
+        $key:literal => $field:ident: $ty:ty = $default:expr, $accepts:expr, $used:literal;
+    )+) => {
+        /// `tunneling.proxy.*` settings, after `--settings-json` overrides.
+        /// Each field is one row of the settings table ([`KEYS`]).
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct Settings {
+            $(
+                #[doc = concat!("`", $key, "`: ")]
+                $(#[doc = $doc])+
+                pub $field: $ty,
+            )+
+        }
+
+        impl Default for Settings {
+            fn default() -> Self {
+                Settings { $($field: $default,)+ }
+            }
+        }
+
+        /// Every settings key, in the export's order.
+        pub static KEYS: &[Key] = &[
+            $(Key {
+                key: $key,
+                meaning: concat!($($doc),+),
+                accepts: $accepts,
+                used: $used,
+                get: |s| SettingValue::to_json(&s.$field),
+                set: |s, v| SettingValue::apply(&mut s.$field, v, $accepts),
+            },)+
+        ];
+    };
+}
+
+const ANY: i64 = i64::MAX;
+
+settings_table! {
+    /// Address the source listens on when -b/--local-bind-address is not given.
+    "default_bind_address" => default_bind_address: String = "localhost".into(),
+        Accepts::Text, true;
+    /// Size of the length prefix before each tunnel message. Accepted for
+    /// compatibility: the prefix is always 2 bytes, so only 2 is valid.
+    "message.data_length_size" => data_length_size: usize = protocol::FRAME_LENGTH_PREFIX,
+        Accepts::Int { min: 2, max: 2 }, false;
+    /// The reference's largest tunnel frame (max_size plus the prefix).
+    /// Accepted for compatibility; not used.
+    "message.data_frame_max_size" => data_frame_max_size: usize = 65_538,
+        Accepts::Int { min: 0, max: ANY }, false;
+    /// Largest payload of one DATA message sent to the tunnel; a local read
+    /// is cut into messages of at most this size.
+    "message.max_payload_size" => max_payload_size: usize = protocol::MAX_PAYLOAD_SIZE,
+        Accepts::Int { min: 1, max: protocol::MAX_PAYLOAD_SIZE as i64 }, true;
+    /// The reference's largest serialized message. Accepted for
+    /// compatibility; not used (a 2-byte prefix bounds a message at 65535).
+    "message.max_size" => max_size: usize = 65_536,
+        Accepts::Int { min: 1, max: protocol::MAX_MESSAGE_SIZE as i64 + 1 }, false;
+    /// Attempts to connect to a local service (destination) before the
+    /// stream is reset; -1: no limit.
+    "tcp.connection_retry_count" => tcp_connection_retry_count: i64 = 5,
+        Accepts::Int { min: -1, max: ANY }, true;
+    /// Delay between those attempts, in milliseconds.
+    "tcp.connection_retry_delay_ms" => tcp_connection_retry_delay_ms: u64 = 2_500,
+        Accepts::Int { min: 0, max: ANY }, true;
+    /// Size of one read from a local connection, in bytes.
+    "tcp.read_buffer_size" => tcp_read_buffer_size: usize = 131_076,
+        Accepts::Int { min: 1, max: ANY }, true;
+    /// Simultaneous local connections per tunnel; more are refused (source)
+    /// or reset (destination).
+    "tcp.max_active_connections" => tcp_max_active_connections: usize = 128,
+        Accepts::Int { min: 1, max: ANY }, true;
+    /// Source: a local connection whose client sent data and heard nothing
+    /// at all back from the destination for this long, in milliseconds, is
+    /// reset (its start was most likely lost while the destination was
+    /// away); 0: never. Not in the reference.
+    "tcp.answer_timeout_ms" => tcp_answer_timeout_ms: u64 = 30_000,
+        Accepts::Int { min: 0, max: ANY }, true;
+    /// The reference's write buffer per local connection (read, not
+    /// exported, by the reference). Accepted for compatibility; not used.
+    "tcp.write_buffer_size" => tcp_write_buffer_size: usize = 131_076,
+        Accepts::Int { min: 1, max: ANY }, false;
+    /// Period of the WebSocket pings sent to the service, in milliseconds.
+    "websocket.ping_period_ms" => ping_period_ms: u64 = 20_000,
+        Accepts::Int { min: 1, max: ANY }, true;
+    /// First delay before reconnecting to the service, in milliseconds
+    /// (doubling up to 60 s).
+    "websocket.retry_delay_ms" => retry_delay_ms: u64 = 2_500,
+        Accepts::Int { min: 0, max: ANY }, true;
+    /// Connection attempts to the service before giving up (exit 4); -1: no
+    /// limit.
+    "websocket.connect_retry_count" => connect_retry_count: i64 = -1,
+        Accepts::Int { min: -1, max: ANY }, true;
+    /// Reconnect after a protocol error; false: exit 5 instead.
+    "websocket.reconnect_on_data_error" => reconnect_on_data_error: bool = true,
+        Accepts::Bool, true;
+    /// WebSocket subprotocol offered to the service (the protocol version).
+    "websocket.subprotocol" => subprotocol: String = protocol::SUBPROTOCOL_V3.into(),
+        Accepts::OneOf(&protocol::SUBPROTOCOLS), true;
+    /// Largest WebSocket message accepted or sent, in bytes.
+    "websocket.max_frame_size" => max_frame_size: usize = protocol::MAX_WEBSOCKET_FRAME,
+        Accepts::Int { min: 1, max: ANY }, true;
+    /// The reference's WebSocket write buffer. Accepted for compatibility;
+    /// not used.
+    "websocket.write_buffer_size" => ws_write_buffer_size: usize = 131_076,
+        Accepts::Int { min: 1, max: ANY }, false;
+    /// The reference's WebSocket read buffer. Accepted for compatibility;
+    /// not used.
+    "websocket.read_buffer_size" => ws_read_buffer_size: usize = 131_076,
+        Accepts::Int { min: 1, max: ANY }, false;
+    /// Endpoint (HOST[:PORT]) of a region for -r/--region, by region name;
+    /// entries in a settings file are added to these.
+    "region_endpoint_overrides" => region_endpoint_overrides: BTreeMap<String, String> =
+        default_region_overrides(),
+        Accepts::RegionMap, true;
+    /// Endpoint of a region without an override: %s is the region.
+    "endpoint_format" => endpoint_format: String = DEFAULT_ENDPOINT_FORMAT.into(),
+        Accepts::RegionFormat, true;
+}
+
+/// The endpoint of a region without an override (the reference's default).
+const DEFAULT_ENDPOINT_FORMAT: &str = "data.tunneling.iot.%s.amazonaws.com";
+
+/// The reference's overrides: the China regions live under `amazonaws.com.cn`.
+fn default_region_overrides() -> BTreeMap<String, String> {
+    ["cn-north-1", "cn-northwest-1"]
+        .into_iter()
+        .map(|r| {
+            (
+                r.to_string(),
+                format!("data.tunneling.iot.{r}.amazonaws.com.cn"),
+            )
+        })
+        .collect()
+}
+
+/// Keys the reference's `--export-default-settings` writes (the others are
+/// ours or read-only there).
+pub const REFERENCE_EXPORT: [&str; 18] = [
+    "default_bind_address",
+    "message.data_length_size",
+    "message.data_frame_max_size",
+    "message.max_payload_size",
+    "message.max_size",
+    "tcp.connection_retry_count",
+    "tcp.connection_retry_delay_ms",
+    "tcp.read_buffer_size",
+    "tcp.max_active_connections",
+    "websocket.ping_period_ms",
+    "websocket.retry_delay_ms",
+    "websocket.connect_retry_count",
+    "websocket.reconnect_on_data_error",
+    "websocket.subprotocol",
+    "websocket.max_frame_size",
+    "websocket.write_buffer_size",
+    "websocket.read_buffer_size",
+    "region_endpoint_overrides",
 ];
+
+impl Settings {
+    /// The service endpoint for `-r REGION`: its `region_endpoint_overrides`
+    /// entry, else `endpoint_format` with the region; `HOST[:PORT]`, port 443
+    /// when absent.
+    pub fn endpoint_for_region(&self, region: &str) -> Result<(String, u16), String> {
+        let endpoint = match self.region_endpoint_overrides.get(region) {
+            Some(e) => e.clone(),
+            None => self.endpoint_format.replacen("%s", region, 1),
+        };
+        mapping::parse_host_port(&endpoint, Some(protocol::DEFAULT_ENDPOINT_PORT))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Checks the combinations of values (each value alone was checked when set).
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.max_payload_size > self.max_frame_size {
+            return Err((
+                "message.max_payload_size",
+                format!(
+                    "{} is larger than websocket.max_frame_size ({}): a DATA message must fit \
+                     in one WebSocket message",
+                    self.max_payload_size, self.max_frame_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A region name: lower-case letters, digits and `-`, 1 to 64 characters
+/// (the reference's rule).
+pub fn check_region(region: &str) -> Result<(), String> {
+    if region.is_empty() {
+        Err("empty region".into())
+    } else if region.len() > 64 {
+        Err("longer than 64 characters".into())
+    } else if !region
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Err("a region holds only lower-case letters, digits and '-'".into())
+    } else {
+        Ok(())
+    }
+}
+
+fn check_region_format(format: &str) -> Result<(), String> {
+    let with_region = format.replacen("%s", "region", 1);
+    if format.matches("%s").count() != 1 || with_region.contains('%') {
+        return Err(format!(
+            "expected {}, found \"{}\"",
+            Accepts::RegionFormat.describe(),
+            shorten(format)
+        ));
+    }
+    mapping::parse_host_port(&with_region, Some(protocol::DEFAULT_ENDPOINT_PORT))
+        .map(|_| ())
+        .map_err(|e| format!("expected HOST[:PORT] holding %s: {e}"))
+}
 
 /// Why a settings file cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,78 +443,108 @@ pub struct SettingsIssue {
 /// Every settings key, dotted (`tunneling.proxy.tcp.read_buffer_size`), in
 /// export order.
 pub fn keys() -> Vec<String> {
-    let mut out = Vec::new();
-    for (group, leaves) in GROUPS {
-        for leaf in leaves {
-            out.push(dotted(group, leaf));
+    KEYS.iter().map(Key::full).collect()
+}
+
+/// An ordered JSON-like tree, as `boost::property_tree` keeps it.
+enum Node {
+    Leaf(String),
+    Tree(Vec<(String, Node)>),
+}
+
+impl Node {
+    /// The child `name` of a tree, created (empty) when absent.
+    fn child(children: &mut Vec<(String, Node)>, name: &str) -> usize {
+        match children.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                children.push((name.to_string(), Node::Tree(Vec::new())));
+                children.len() - 1
+            }
         }
     }
+
+    fn insert(&mut self, path: &[&str], value: Node) {
+        let Node::Tree(children) = self else { return };
+        match path {
+            [] => {}
+            [last] => children.push((last.to_string(), value)),
+            [first, rest @ ..] => {
+                let i = Node::child(children, first);
+                children[i].1.insert(rest, value);
+            }
+        }
+    }
+
+    fn from_json(v: &Value) -> Node {
+        match v {
+            Value::Object(map) => Node::Tree(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_json(v)))
+                    .collect(),
+            ),
+            Value::String(s) => Node::Leaf(s.clone()),
+            other => Node::Leaf(other.to_string()),
+        }
+    }
+
+    /// Writes the node as `write_json` does with `pretty`: 4 spaces per level.
+    fn write(&self, out: &mut String, level: usize) {
+        match self {
+            Node::Leaf(s) => out.push_str(&quote(s)),
+            Node::Tree(children) => {
+                out.push_str("{\n");
+                for (i, (name, child)) in children.iter().enumerate() {
+                    out.push_str(&" ".repeat(4 * (level + 1)));
+                    out.push_str(&quote(name));
+                    out.push_str(": ");
+                    child.write(out, level + 1);
+                    if i + 1 < children.len() {
+                        out.push(',');
+                    }
+                    out.push('\n');
+                }
+                out.push_str(&" ".repeat(4 * level));
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// A JSON string as `write_json` writes it (it also escapes `/`).
+fn quote(s: &str) -> String {
+    Value::String(s.to_string()).to_string().replace('/', "\\/")
+}
+
+/// The keys of `s` selected by `include`, in the reference's export format.
+fn export_keys(s: &Settings, include: impl Fn(&Key) -> bool) -> String {
+    let mut root = Node::Tree(Vec::new());
+    for key in KEYS.iter().filter(|k| include(k)) {
+        let full = key.full();
+        let path: Vec<&str> = full.split('.').collect();
+        root.insert(&path, Node::from_json(&key.get(s)));
+    }
+    let mut out = String::new();
+    root.write(&mut out, 0);
+    out.push('\n');
     out
 }
 
-fn dotted(group: &str, leaf: &str) -> String {
-    if group.is_empty() {
-        format!("{ROOT}.{leaf}")
-    } else {
-        format!("{ROOT}.{group}.{leaf}")
-    }
-}
-
-/// The value of `key` (a dotted key from [`keys`]) as the export writes it.
-pub fn value_string(s: &Settings, key: &str) -> Option<String> {
-    let leaf = key.strip_prefix(ROOT)?.strip_prefix('.')?;
-    Some(match leaf {
-        "default_bind_address" => s.default_bind_address.clone(),
-        "message.data_length_size" => s.data_length_size.to_string(),
-        "message.max_payload_size" => s.max_payload_size.to_string(),
-        "message.max_size" => s.max_size.to_string(),
-        "tcp.connection_retry_count" => s.tcp_connection_retry_count.to_string(),
-        "tcp.connection_retry_delay_ms" => s.tcp_connection_retry_delay_ms.to_string(),
-        "tcp.read_buffer_size" => s.tcp_read_buffer_size.to_string(),
-        "tcp.max_active_connections" => s.tcp_max_active_connections.to_string(),
-        "tcp.answer_timeout_ms" => s.tcp_answer_timeout_ms.to_string(),
-        "websocket.ping_period_ms" => s.ping_period_ms.to_string(),
-        "websocket.retry_delay_ms" => s.retry_delay_ms.to_string(),
-        "websocket.connect_retry_count" => s.connect_retry_count.to_string(),
-        "websocket.reconnect_on_data_error" => s.reconnect_on_data_error.to_string(),
-        "websocket.subprotocol" => s.subprotocol.clone(),
-        "websocket.max_frame_size" => s.max_frame_size.to_string(),
-        "websocket.write_buffer_size" => s.ws_write_buffer_size.to_string(),
-        "websocket.read_buffer_size" => s.ws_read_buffer_size.to_string(),
-        _ => return None,
-    })
-}
-
-/// `s` as the reference's nested JSON (4-space indent, keys in the reference's
-/// order, every value a string), ending with a newline.
+/// `s` as `--export-default-settings` writes it: the reference's format and
+/// keys, plus ours.
 pub fn export_json(s: &Settings) -> String {
-    let q = |text: &str| Value::String(text.to_string()).to_string();
-    let mut out = String::from("{\n    \"tunneling\": {\n        \"proxy\": {\n");
-    let mut blocks = Vec::new();
-    for (group, leaves) in GROUPS {
-        let indent = if group.is_empty() { 12 } else { 16 };
-        let lines: Vec<String> = leaves
-            .iter()
-            .map(|leaf| {
-                let value = value_string(s, &dotted(group, leaf)).unwrap_or_default();
-                format!("{:indent$}{}: {}", "", q(leaf), q(&value))
-            })
-            .collect();
-        let body = lines.join(",\n");
-        if group.is_empty() {
-            blocks.push(body);
-        } else {
-            blocks.push(format!("{:12}{}: {{\n{body}\n{:12}}}", "", q(group), ""));
-        }
-    }
-    out.push_str(&blocks.join(",\n"));
-    out.push_str("\n        }\n    }\n}\n");
-    out
+    export_keys(s, |_| true)
 }
 
-/// Applies the settings in `text` (the export shape; any subset of keys;
-/// values as JSON strings, numbers or booleans) over `s`. Returns one warning
-/// per unknown key. On error `s` may be partly updated.
+/// Only the keys the reference writes: what the reference itself exports for
+/// `s` (used to check the format).
+pub fn export_reference_json(s: &Settings) -> String {
+    export_keys(s, |k| REFERENCE_EXPORT.contains(&k.key))
+}
+
+/// Applies the settings in `text` (any subset of keys; values as JSON
+/// strings, numbers or booleans) over `s`. Returns one warning per unknown
+/// key. On error `s` may be partly updated.
 pub fn apply_json(s: &mut Settings, text: &str) -> Result<Vec<String>, SettingsIssue> {
     let root: Value = serde_json::from_str(text).map_err(|e| SettingsIssue {
         key: None,
@@ -132,6 +552,10 @@ pub fn apply_json(s: &mut Settings, text: &str) -> Result<Vec<String>, SettingsI
     })?;
     let mut warnings = Vec::new();
     walk(s, &root, "", &mut warnings)?;
+    s.check().map_err(|(key, reason)| SettingsIssue {
+        key: Some(format!("{ROOT}.{key}")),
+        reason,
+    })?;
     Ok(warnings)
 }
 
@@ -139,9 +563,11 @@ pub fn apply_json(s: &mut Settings, text: &str) -> Result<Vec<String>, SettingsI
 fn is_group(path: &str) -> bool {
     path == "tunneling"
         || path == ROOT
-        || GROUPS
-            .iter()
-            .any(|(g, _)| !g.is_empty() && path == format!("{ROOT}.{g}"))
+        || KEYS.iter().any(|k| {
+            k.full()
+                .strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
 }
 
 fn walk(
@@ -167,15 +593,15 @@ fn walk(
         } else {
             format!("{path}.{name}")
         };
-        if value_string(&Settings::default(), &full).is_some() {
-            set(s, &full, child).map_err(|reason| SettingsIssue {
+        if let Some(key) = KEYS.iter().find(|k| k.full() == full) {
+            (key.set)(s, child).map_err(|reason| SettingsIssue {
                 key: Some(full.clone()),
                 reason,
             })?;
         } else if is_group(&full) {
             walk(s, child, &full, warnings)?;
         } else {
-            warnings.push(format!("unknown settings key '{full}' ignored"));
+            warnings.push(format!("unknown settings key '{}' ignored", shorten(&full)));
         }
     }
     Ok(())
@@ -192,134 +618,66 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// At most 60 characters of `text`.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(57) {
+        Some((i, _)) if text.len() > 60 => format!("{}...", &text[..i]),
+        _ => text.to_string(),
+    }
+}
+
 fn shown(v: &Value) -> String {
-    let text = v.to_string();
-    if text.len() > 60 {
-        format!(
-            "{}...",
-            &text[..text.char_indices().nth(57).map_or(text.len(), |(i, _)| i)]
-        )
-    } else {
-        text
-    }
+    shorten(&v.to_string())
 }
 
-/// An integer in `min..=max` from a JSON number or a string of digits.
-fn int(v: &Value, min: i64, max: i64) -> Result<i64, String> {
-    let n = match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(t) => t.trim().parse::<i64>().ok(),
-        _ => None,
-    };
-    let expected = if max == i64::MAX {
-        format!("an integer >= {min}")
-    } else {
-        format!("an integer in {min}..={max}")
-    };
-    match n {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "expected {expected} (JSON number or string), found {}",
-            shown(v)
-        )),
+/// The settings part of `--help`: every key with its default.
+pub fn help_text() -> String {
+    let mut out = String::new();
+    for key in KEYS {
+        let default = match key.default_value() {
+            Value::String(s) => s,
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            other => other.to_string(),
+        };
+        let note = if key.used {
+            ""
+        } else {
+            "  (accepted, not used)"
+        };
+        out.push_str(&format!("  {} = {default}{note}\n", key.full()));
     }
+    out
 }
 
-fn uint(v: &Value, min: u64, max: u64) -> Result<u64, String> {
-    let n = match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(t) => t.trim().parse::<u64>().ok(),
-        _ => None,
-    };
-    let expected = if max == u64::MAX {
-        format!("an integer >= {min}")
-    } else if min == max {
-        format!("{min}")
-    } else {
-        format!("an integer in {min}..={max}")
-    };
-    match n {
-        Some(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "expected {expected} (JSON number or string), found {}",
-            shown(v)
-        )),
+/// The settings table as the README shows it (its check keeps the two equal).
+#[cfg(test)]
+fn markdown_table() -> String {
+    let mut out = String::from(
+        "| key (below `tunneling.proxy.`) | default | meaning | accepted values |\n\
+         | --- | --- | --- | --- |\n",
+    );
+    for key in KEYS {
+        let default = match key.default_value() {
+            Value::String(s) => format!("`{s}`"),
+            Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| format!("`{k}`: `{}`", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join("<br>"),
+            other => format!("`{other}`"),
+        };
+        let meaning = key.meaning.split_whitespace().collect::<Vec<_>>().join(" ");
+        out.push_str(&format!(
+            "| `{}` | {default} | {meaning} | {} |\n",
+            key.key,
+            key.accepts.describe()
+        ));
     }
-}
-
-fn size(v: &Value, min: usize, max: usize) -> Result<usize, String> {
-    // usize fits in u64 on every supported target; the result is <= max.
-    uint(v, min as u64, max as u64).map(|n| n as usize)
-}
-
-fn boolean(v: &Value) -> Result<bool, String> {
-    match v {
-        Value::Bool(b) => Ok(*b),
-        Value::String(t) => match t.trim() {
-            "true" | "1" => Ok(true),
-            "false" | "0" => Ok(false),
-            _ => Err(format!(
-                "expected a boolean (true/false, as JSON boolean or string), found {}",
-                shown(v)
-            )),
-        },
-        _ => Err(format!(
-            "expected a boolean (true/false, as JSON boolean or string), found {}",
-            shown(v)
-        )),
-    }
-}
-
-fn text(v: &Value) -> Result<String, String> {
-    match v {
-        Value::String(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-        _ => Err(format!("expected a non-empty string, found {}", shown(v))),
-    }
-}
-
-fn set(s: &mut Settings, key: &str, v: &Value) -> Result<(), String> {
-    const ANY: u64 = u64::MAX;
-    let leaf = key
-        .strip_prefix(ROOT)
-        .unwrap_or(key)
-        .trim_start_matches('.');
-    match leaf {
-        "default_bind_address" => s.default_bind_address = text(v)?,
-        "message.data_length_size" => {
-            s.data_length_size = size(
-                v,
-                protocol::FRAME_LENGTH_PREFIX,
-                protocol::FRAME_LENGTH_PREFIX,
-            )?
-        }
-        "message.max_payload_size" => s.max_payload_size = size(v, 1, protocol::MAX_PAYLOAD_SIZE)?,
-        "message.max_size" => s.max_size = size(v, 1, protocol::MAX_MESSAGE_SIZE + 1)?,
-        "tcp.connection_retry_count" => s.tcp_connection_retry_count = int(v, -1, i64::MAX)?,
-        "tcp.connection_retry_delay_ms" => s.tcp_connection_retry_delay_ms = uint(v, 0, ANY)?,
-        "tcp.read_buffer_size" => s.tcp_read_buffer_size = size(v, 1, usize::MAX)?,
-        "tcp.max_active_connections" => s.tcp_max_active_connections = size(v, 1, usize::MAX)?,
-        "tcp.answer_timeout_ms" => s.tcp_answer_timeout_ms = uint(v, 0, ANY)?,
-        "websocket.ping_period_ms" => s.ping_period_ms = uint(v, 1, ANY)?,
-        "websocket.retry_delay_ms" => s.retry_delay_ms = uint(v, 0, ANY)?,
-        "websocket.connect_retry_count" => s.connect_retry_count = int(v, -1, i64::MAX)?,
-        "websocket.reconnect_on_data_error" => s.reconnect_on_data_error = boolean(v)?,
-        "websocket.subprotocol" => {
-            let p = text(v)?;
-            if !protocol::SUBPROTOCOLS.contains(&p.as_str()) {
-                return Err(format!(
-                    "expected one of {}, found {}",
-                    protocol::SUBPROTOCOLS.join(", "),
-                    shown(v)
-                ));
-            }
-            s.subprotocol = p;
-        }
-        "websocket.max_frame_size" => s.max_frame_size = size(v, 1, usize::MAX)?,
-        "websocket.write_buffer_size" => s.ws_write_buffer_size = size(v, 1, usize::MAX)?,
-        "websocket.read_buffer_size" => s.ws_read_buffer_size = size(v, 1, usize::MAX)?,
-        _ => return Err("unknown key".to_string()),
-    }
-    Ok(())
+    out
 }
 
 #[cfg(test)]
@@ -327,60 +685,204 @@ mod tests {
     use super::*;
 
     #[test]
-    fn export_has_exactly_the_protocol_keys_as_strings() {
-        let json: Value = serde_json::from_str(&export_json(&Settings::default())).unwrap();
-        let proxy = &json["tunneling"]["proxy"];
-        assert_eq!(proxy["default_bind_address"], "localhost");
-        assert_eq!(proxy["message"]["data_length_size"], "2");
-        assert_eq!(proxy["message"]["max_payload_size"], "64512");
-        assert_eq!(proxy["message"]["max_size"], "65536");
-        assert_eq!(proxy["tcp"]["connection_retry_count"], "5");
-        assert_eq!(proxy["tcp"]["connection_retry_delay_ms"], "2500");
-        assert_eq!(proxy["tcp"]["read_buffer_size"], "131076");
-        let ws = &proxy["websocket"];
-        assert_eq!(ws["ping_period_ms"], "20000");
-        assert_eq!(ws["retry_delay_ms"], "2500");
-        assert_eq!(ws["connect_retry_count"], "-1");
-        assert_eq!(ws["reconnect_on_data_error"], "true");
-        assert_eq!(ws["subprotocol"], "aws.iot.securetunneling-3.0");
-        assert_eq!(ws["max_frame_size"], "131076");
-        assert_eq!(ws["write_buffer_size"], "131076");
-        assert_eq!(ws["read_buffer_size"], "131076");
-        assert_eq!(json.as_object().unwrap().len(), 1);
-        assert_eq!(json["tunneling"].as_object().unwrap().len(), 1);
-        assert_eq!(proxy.as_object().unwrap().len(), 4);
-        assert_eq!(proxy["message"].as_object().unwrap().len(), 3);
-        assert_eq!(proxy["tcp"].as_object().unwrap().len(), 5);
-        assert_eq!(ws.as_object().unwrap().len(), 8);
-        assert_eq!(keys().len(), 17);
+    fn the_readme_shows_this_table() {
+        let readme = include_str!("../../README.md");
+        let table = markdown_table();
+        if !readme.contains(&table) {
+            panic!("README.md's settings table differs from the settings table; it should be:\n{table}");
+        }
+    }
+
+    /// What the reference v3.3.1 writes for `--export-default-settings`
+    /// (`apply_default_settings` then `write_json(path, tree, locale, true)`).
+    const REFERENCE_EXPORT_TEXT: &str = include_str!("../../tests/data/reference-settings.json");
+
+    #[test]
+    fn the_export_of_the_reference_keys_is_the_reference_byte_for_byte() {
+        assert_eq!(
+            export_reference_json(&Settings::default()),
+            REFERENCE_EXPORT_TEXT
+        );
     }
 
     #[test]
-    fn export_keeps_the_reference_key_order() {
-        let text = export_json(&Settings::default());
-        let pos = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
-        assert!(pos("default_bind_address") < pos("message"));
-        assert!(pos("message") < pos("tcp"));
-        assert!(pos("tcp") < pos("websocket"));
-        assert!(pos("ping_period_ms") < pos("subprotocol"));
+    fn the_export_is_a_superset_key_for_key() {
+        let ours: Value = serde_json::from_str(&export_json(&Settings::default())).unwrap();
+        let reference: Value = serde_json::from_str(REFERENCE_EXPORT_TEXT).unwrap();
+        fn leaves(v: &Value, path: String, out: &mut Vec<(String, Value)>) {
+            match v {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        leaves(v, format!("{path}.{k}"), out)
+                    }
+                }
+                other => out.push((path, other.clone())),
+            }
+        }
+        let (mut r, mut o) = (Vec::new(), Vec::new());
+        leaves(&reference, String::new(), &mut r);
+        leaves(&ours, String::new(), &mut o);
+        for leaf in &r {
+            assert!(o.contains(leaf), "{leaf:?} missing from our export");
+        }
+        assert_eq!(
+            ours["tunneling"]["proxy"]["message"]["data_frame_max_size"],
+            "65538"
+        );
+        assert_eq!(
+            ours["tunneling"]["proxy"]["tcp"]["max_active_connections"],
+            "128"
+        );
+        assert_eq!(
+            ours["tunneling"]["proxy"]["region_endpoint_overrides"]["cn-northwest-1"],
+            "data.tunneling.iot.cn-northwest-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            ours["tunneling"]["proxy"]["endpoint_format"],
+            "data.tunneling.iot.%s.amazonaws.com"
+        );
+        assert_eq!(ours["tunneling"]["proxy"]["tcp"]["answer_timeout_ms"], "30000");
+        // Ours adds exactly these: tcp.write_buffer_size and endpoint_format
+        // (read by the reference, not written) and tcp.answer_timeout_ms.
+        assert_eq!(o.len(), r.len() + 3);
+    }
+
+    #[test]
+    fn the_reference_file_loads_to_the_defaults() {
+        let mut s = Settings {
+            tcp_max_active_connections: 7,
+            region_endpoint_overrides: BTreeMap::new(),
+            ..Settings::default()
+        };
+        let warnings = apply_json(&mut s, REFERENCE_EXPORT_TEXT).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn every_default_passes_its_own_check() {
+        for key in KEYS {
+            let mut s = Settings::default();
+            (key.set)(&mut s, &key.default_value()).unwrap_or_else(|e| panic!("{}: {e}", key.key));
+            assert_eq!(s, Settings::default(), "{}", key.key);
+            assert!(!key.meaning.trim().is_empty());
+        }
+        assert_eq!(keys().len(), KEYS.len());
+        assert!(keys().iter().all(|k| k.starts_with("tunneling.proxy.")));
     }
 
     #[test]
     fn round_trip_of_non_default_values() {
-        let custom = Settings {
+        let mut custom = Settings {
             default_bind_address: "0.0.0.0".into(),
             max_payload_size: 1000,
             tcp_connection_retry_count: -1,
+            tcp_max_active_connections: 3,
             connect_retry_count: 3,
             reconnect_on_data_error: false,
             subprotocol: protocol::SUBPROTOCOL_V2.into(),
             ping_period_ms: 1,
+            endpoint_format: "tunnel.%s.example:8443".into(),
             ..Settings::default()
         };
+        custom
+            .region_endpoint_overrides
+            .insert("lab-1".into(), "127.0.0.1:9000".into());
         let mut back = Settings::default();
         let warnings = apply_json(&mut back, &export_json(&custom)).unwrap();
         assert!(warnings.is_empty());
         assert_eq!(back, custom);
+    }
+
+    #[test]
+    fn regions_route_through_the_overrides_then_the_format() {
+        let mut s = Settings::default();
+        assert_eq!(
+            s.endpoint_for_region("us-east-1").unwrap(),
+            ("data.tunneling.iot.us-east-1.amazonaws.com".into(), 443)
+        );
+        assert_eq!(
+            s.endpoint_for_region("cn-north-1").unwrap(),
+            ("data.tunneling.iot.cn-north-1.amazonaws.com.cn".into(), 443)
+        );
+        apply_json(
+            &mut s,
+            r#"{"tunneling":{"proxy":{"region_endpoint_overrides":
+                {"us-east-1":"127.0.0.1:4443","eu-west-9":"[::1]"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.endpoint_for_region("us-east-1").unwrap(),
+            ("127.0.0.1".into(), 4443)
+        );
+        assert_eq!(
+            s.endpoint_for_region("eu-west-9").unwrap(),
+            ("::1".into(), 443)
+        );
+        // The defaults stay.
+        assert!(s.region_endpoint_overrides.contains_key("cn-northwest-1"));
+        apply_json(
+            &mut s,
+            r#"{"tunneling":{"proxy":{"endpoint_format":"t.%s.example:8443"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.endpoint_for_region("ap-south-1").unwrap(),
+            ("t.ap-south-1.example".into(), 8443)
+        );
+    }
+
+    #[test]
+    fn bad_overrides_and_formats_name_the_region() {
+        let case = |json: &str| apply_json(&mut Settings::default(), json).unwrap_err();
+        let e = case(r#"{"tunneling":{"proxy":{"region_endpoint_overrides":{"US":"h"}}}}"#);
+        assert_eq!(
+            e.key.as_deref(),
+            Some("tunneling.proxy.region_endpoint_overrides")
+        );
+        assert!(e.reason.contains("region 'US'"), "{}", e.reason);
+        let e = case(r#"{"tunneling":{"proxy":{"region_endpoint_overrides":{"x-1":"h:0"}}}}"#);
+        assert!(e.reason.contains("HOST[:PORT]"), "{}", e.reason);
+        let e = case(r#"{"tunneling":{"proxy":{"region_endpoint_overrides":{"x-1":5}}}}"#);
+        assert!(e.reason.contains("as a string"), "{}", e.reason);
+        let e = case(r#"{"tunneling":{"proxy":{"region_endpoint_overrides":"h"}}}"#);
+        assert!(e.reason.contains("object"), "{}", e.reason);
+        for bad in [
+            "no-region.example",
+            "%s.%s.example",
+            "%d.%s.example",
+            "a b.%s",
+        ] {
+            let json = format!(r#"{{"tunneling":{{"proxy":{{"endpoint_format":"{bad}"}}}}}}"#);
+            let e = case(&json);
+            assert_eq!(
+                e.key.as_deref(),
+                Some("tunneling.proxy.endpoint_format"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_connection_cap_is_at_least_one() {
+        let mut s = Settings::default();
+        assert_eq!(s.tcp_max_active_connections, 128);
+        apply_json(
+            &mut s,
+            r#"{"tunneling":{"proxy":{"tcp":{"max_active_connections":"2"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(s.tcp_max_active_connections, 2);
+        let e = apply_json(
+            &mut s,
+            r#"{"tunneling":{"proxy":{"tcp":{"max_active_connections":0}}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("tunneling.proxy.tcp.max_active_connections")
+        );
+        assert!(e.reason.contains("integer >= 1"), "{}", e.reason);
     }
 
     #[test]
@@ -445,5 +947,21 @@ mod tests {
         assert_eq!(k, "");
         assert!(r.contains("the document"));
         assert!(case("{").1.contains("not valid JSON"));
+        let (k, r) = case(r#"{"tunneling":{"proxy":{"websocket":{"max_frame_size":"1000"}}}}"#);
+        assert_eq!(k, "tunneling.proxy.message.max_payload_size");
+        assert!(r.contains("max_frame_size"), "{r}");
+    }
+
+    #[test]
+    fn help_lists_every_key_and_marks_the_unused_ones() {
+        let help = help_text();
+        for key in KEYS {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{} =", key.full())))
+                .unwrap_or_else(|| panic!("{} missing", key.key));
+            assert_eq!(line.contains("not used"), !key.used, "{line}");
+        }
+        assert!(help.contains("tunneling.proxy.tcp.max_active_connections = 128\n"));
     }
 }

@@ -190,8 +190,8 @@ impl std::error::Error for TunnelError {
 
 /// A random client token (64 hex digits, within `^[a-zA-Z0-9-]{32,128}$`).
 pub fn generate_client_token() -> Secret {
-    match crate::secret::random_hex(32) {
-        Ok(hex) => Secret::new(hex),
+    match crate::secret::new_client_token() {
+        Ok(token) => token,
         Err(_) => {
             // No randomness at all: the clock and pid still make a token
             // unique, which is all a client token needs.

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::config::HostPortError;
 use crate::protocol::DEFAULT_WEB_PROXY_PORT;
 use crate::secret::Secret;
 
@@ -55,8 +56,16 @@ impl WebProxy {
         }
     }
 
-    /// Parses `[scheme://][user[:password]@]host[:port][/]`; no scheme means
-    /// `http://`, no port means 3128.
+    /// Parses `[scheme://][user[:password]@]host[:port][/...]`; no scheme
+    /// means `http://`, no port means 3128.
+    ///
+    /// The credentials run to the last `@` of the value, as in the reference
+    /// proxy, so a password may hold `/`, `@` or `:` unencoded
+    /// (`http://user:pa/ss@host:3128`); curl and RFC 3986 end the authority at
+    /// the first `/` instead, which reads that value as host `user`, port
+    /// `pa`. A proxy URL has no meaningful path, so nothing valid is lost.
+    /// Percent-encoding (`%2F`) works in both. No error message holds any
+    /// part of the credentials, nor text that may be part of them.
     pub fn parse(value: &str) -> Result<WebProxy, ProxyConfigError> {
         let value = value.trim();
         let (scheme, rest) = match value.split_once("://") {
@@ -64,17 +73,21 @@ impl WebProxy {
                 let scheme = match s.to_ascii_lowercase().as_str() {
                     "http" => ProxyScheme::Http,
                     "https" => ProxyScheme::Https,
-                    _ => return Err(ProxyConfigError::UnsupportedScheme(s.to_string())),
+                    // Text before "://" that is no scheme may be a password.
+                    _ if is_scheme(s) => {
+                        return Err(ProxyConfigError::UnsupportedScheme(s.to_string()))
+                    }
+                    _ => return Err(ProxyConfigError::UnsupportedScheme("(not shown)".into())),
                 };
                 (scheme, rest)
             }
             None => (ProxyScheme::Http, value),
         };
-        let authority = rest.split('/').next().unwrap_or_default();
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
+        let (userinfo, after) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
-            None => (None, authority),
+            None => (None, rest),
         };
+        let hostport = after.split(['/', '?', '#']).next().unwrap_or_default();
         let credentials = match userinfo {
             None => None,
             Some(u) => {
@@ -84,14 +97,22 @@ impl WebProxy {
                 Some(Secret::new(format!("{user}:{pass}")))
             }
         };
-        let (host, port) = split_host_port(hostport)?;
-        if host.is_empty() {
-            return Err(ProxyConfigError::MissingHost);
-        }
+        let (host, port) = crate::config::parse_host_port(hostport, Some(DEFAULT_WEB_PROXY_PORT))
+            .map_err(|e| match e {
+            // Only digits are shown: without an '@', a mistyped
+            // "user:password" would be read as "host:port".
+            HostPortError::BadPort { port, .. } if port.bytes().all(|b| b.is_ascii_digit()) => {
+                ProxyConfigError::InvalidPort(port)
+            }
+            HostPortError::BadPort { .. } => ProxyConfigError::InvalidPort("(not a number)".into()),
+            HostPortError::EmptyHost(_) | HostPortError::Malformed(_) => {
+                ProxyConfigError::MissingHost
+            }
+        })?;
         Ok(WebProxy {
             scheme,
             host,
-            port: port.unwrap_or(DEFAULT_WEB_PROXY_PORT),
+            port,
             credentials,
         })
     }
@@ -182,26 +203,11 @@ impl fmt::Debug for WebProxy {
     }
 }
 
-fn split_host_port(s: &str) -> Result<(String, Option<u16>), ProxyConfigError> {
-    let parse_port = |p: &str| {
-        p.parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| ProxyConfigError::InvalidPort(p.to_string()))
-    };
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or(ProxyConfigError::MissingHost)?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(parse_port(p)?),
-            None if after.is_empty() => None,
-            None => return Err(ProxyConfigError::InvalidPort(after.to_string())),
-        };
-        return Ok((host.to_string(), port));
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) => Ok((h.to_string(), Some(parse_port(p)?))),
-        None => Ok((s.to_string(), None)),
-    }
+/// Whether `s` is a URL scheme: a letter, then letters, digits, `+`, `-`, `.`.
+fn is_scheme(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
 }
 
 /// Decodes `%XX` escapes (credentials of a web proxy URL, query values of a
@@ -372,6 +378,49 @@ mod tests {
         );
         let e = WebProxy::parse("http://user:secret@proxy:abc").unwrap_err();
         assert!(!e.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn a_password_may_hold_a_slash_or_an_at_sign() {
+        for (value, user_pass) in [
+            ("http://user:pa/ss@proxy:8080", "user:pa/ss"),
+            ("http://user:p@ss/w@proxy:8080/", "user:p@ss/w"),
+            ("user:pa/ss@proxy:8080", "user:pa/ss"),
+            ("http://user:pa%2Fss@proxy:8080", "user:pa/ss"),
+        ] {
+            let p = WebProxy::parse(value).unwrap();
+            assert_eq!((p.host(), p.port()), ("proxy", 8080), "{value}");
+            let req = p.connect_request("endpoint", 443);
+            let expected = openssl::base64::encode_block(user_pass.as_bytes());
+            assert!(
+                req.contains(&format!("Proxy-Authorization: Basic {expected}\r\n")),
+                "{value}"
+            );
+            assert!(!format!("{p} {p:?}").contains("pa"), "{value}");
+        }
+    }
+
+    #[test]
+    fn no_error_shows_the_password_or_what_may_be_one() {
+        for value in [
+            "http://user:SECRET/x@proxy:abc",
+            "http://user:SECRET@proxy:99x",
+            "http://user:SECRET",
+            "http://user:SECRET/",
+            "user:SECRET://x@proxy",
+            "http://user:SECRET@",
+            "http://user:SECRET@[::1",
+            "http://user:SECRET%zz@proxy",
+            "http://user:SECRET@pro xy",
+        ] {
+            let e = WebProxy::parse(value).expect_err(value);
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains("SECRET"), "{value}: {text}");
+        }
+        assert_eq!(
+            WebProxy::parse("http://user:SECRET"),
+            Err(ProxyConfigError::InvalidPort("(not a number)".into()))
+        );
     }
 
     #[test]

@@ -45,8 +45,8 @@ impl std::error::Error for ClientError {}
 
 /// Calls `target` (e.g. `IoTSecuredTunneling.OpenTunnel`) at `api` (host:port).
 pub fn call(api: &str, target: &str, body: &Value) -> Result<Value, ClientError> {
-    let (host, port) =
-        localproxy::config::parse_host_port(api, None).map_err(ClientError::Address)?;
+    let (host, port) = localproxy::config::parse_host_port(api, None)
+        .map_err(|e| ClientError::Address(e.to_string()))?;
     let addr = (host.as_str(), port)
         .to_socket_addrs()
         .map_err(|e| ClientError::Io(format!("resolving {api}"), e))?
