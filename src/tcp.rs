@@ -246,35 +246,56 @@ pub struct WriteHalf {
 }
 
 /// A connected local socket and what both halves share.
+///
+/// Closing from the tunnel side is orderly: the write half writes what it
+/// was given, then ends its direction (FIN); from then on the read half
+/// reads and drops what the application still sends, so its writes neither
+/// block nor fail, until the application closes too or [`LINGER`] passes,
+/// after which the socket closes with whatever is unread (the application
+/// then sees a reset, the right signal for data nobody will deliver).
 pub struct Conn {
     stream: Arc<LocalStream>,
     stats: Arc<ConnStats>,
-    /// Set when the write half is done, so the read half stops too: on
-    /// Linux a socket shut down for reading still returns bytes that arrive
-    /// later, and a peer that keeps sending would keep the connection (and
-    /// its DATA toward a dead stream) alive.
+    /// Set when the write half is done: the read half forwards nothing more
+    /// (on Linux a socket shut down for reading still returns bytes that
+    /// arrive later, and a peer that keeps sending must not keep DATA
+    /// flowing toward a dead stream).
     closed: Arc<AtomicBool>,
+    /// Held by the read half while it runs: its drop tells the write half.
+    read_running: Option<Sender<()>>,
+    read_done: Receiver<()>,
 }
+
+/// How long a connection closed from the tunnel side waits for the local
+/// application to close its end before the socket is closed regardless.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 impl Conn {
     /// Prepares a connected socket (no Nagle, a write timeout).
     pub fn new(stream: Arc<LocalStream>, stats: Arc<ConnStats>) -> io::Result<Conn> {
         stream.prepare()?;
+        let (running, done) = crossbeam_channel::bounded(0);
         Ok(Conn {
             stream,
             stats,
             closed: Arc::new(AtomicBool::new(false)),
+            read_running: Some(running),
+            read_done: done,
         })
     }
 
     /// Starts the read half on a thread of its own.
-    pub fn spawn_read(&self, half: ReadHalf) -> io::Result<()> {
+    pub fn spawn_read(&mut self, half: ReadHalf) -> io::Result<()> {
         let (stream, stats, closed) =
             (self.stream.clone(), self.stats.clone(), self.closed.clone());
+        let running = self.read_running.take();
         thread::Builder::new()
             .name("local-read".into())
             .stack_size(CONNECTION_THREAD_STACK)
-            .spawn(move || read_loop(&stream, half, &stats, &closed))?;
+            .spawn(move || {
+                read_loop(&stream, half, &stats, &closed);
+                drop(running);
+            })?;
         Ok(())
     }
 
@@ -288,12 +309,18 @@ impl Conn {
     }
 
     /// Runs the write half on the calling thread until the connection ends.
-    pub fn run_write(self, half: WriteHalf) {
+    pub fn run_write(mut self, half: WriteHalf) {
         write_loop(&self.stream, half, &self.stats);
         // The tunnel side is done with this connection (or the socket
-        // failed): close both directions so the read half ends too.
+        // failed): everything given was written; end this direction and
+        // let the application finish (see [`Conn`]).
         self.closed.store(true, Ordering::SeqCst);
-        self.stream.shutdown(Shutdown::Both);
+        self.stream.shutdown(Shutdown::Write);
+        drop(self.read_running.take());
+        if let Err(RecvTimeoutError::Timeout) = self.read_done.recv_timeout(LINGER) {
+            // Wakes the read half; the socket closes with it.
+            self.stream.shutdown(Shutdown::Read);
+        }
     }
 }
 
@@ -350,7 +377,8 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
     loop {
         let n = match sock.read(&mut buf) {
             Ok(0) => break,
-            Ok(_) if closed.load(Ordering::SeqCst) => break,
+            // The tunnel side is done: drop what the application still sends.
+            Ok(_) if closed.load(Ordering::SeqCst) => continue,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {

@@ -142,7 +142,7 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
             link.send_control(frame);
         }
     };
-    let conn = match Conn::new(stream, stats) {
+    let mut conn = match Conn::new(stream, stats) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -127,7 +127,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
             let _ = link.data.send(frame);
         }
     };
-    let conn = match Conn::new(stream.clone(), stats.clone()) {
+    let mut conn = match Conn::new(stream.clone(), stats.clone()) {
         Ok(c) => c,
         Err(e) => return give_up(e),
     };
