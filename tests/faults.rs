@@ -618,3 +618,47 @@ fn a_service_that_stops_reading_is_left_within_the_bound_with_memory_flat() {
     let _ = pump.join();
     echo_eventually(port, 3, 64 * 1024, SECS_20);
 }
+
+#[test]
+fn a_destination_killed_and_restarted_with_its_client_token_file_rejoins() {
+    let _w = watchdog("token_file", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let map = format!("SSH1={echo}");
+    let dir = temp_dir("token-file");
+    let file = dir.join("client-token");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let dest_args = ["-d", &map, "--client-token-file", file_arg];
+    let mut dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst");
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    echo_eventually(port, 1, 4096, SECS_20);
+    // The file was created, private.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file).expect("token file").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // A crash: no close frame, the service still holds the old connection.
+    dest.child.kill().expect("kill");
+    dest.child.wait().expect("wait");
+    // Without the file, a new client token is refused: the access token was
+    // used with another one.
+    let mut stranger = proxy(
+        &service,
+        &tunnel.destination_token,
+        &["-d", &map],
+        "dst-new",
+    );
+    assert_eq!(stranger.wait_exit(SECS_20), 2, "{}", stranger.stderr.all());
+    assert!(
+        stranger.final_stderr().contains("client token mismatch"),
+        "{}",
+        stranger.stderr.all()
+    );
+    // With the file, the restarted destination rejoins and carries data.
+    let dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst-again");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    echo_eventually(port, 2, 64 * 1024, SECS_20);
+}

@@ -741,7 +741,10 @@ mod tests {
             ours["tunneling"]["proxy"]["endpoint_format"],
             "data.tunneling.iot.%s.amazonaws.com"
         );
-        assert_eq!(ours["tunneling"]["proxy"]["tcp"]["answer_timeout_ms"], "30000");
+        assert_eq!(
+            ours["tunneling"]["proxy"]["tcp"]["answer_timeout_ms"],
+            "30000"
+        );
         // Ours adds exactly these: tcp.write_buffer_size and endpoint_format
         // (read by the reference, not written) and tcp.answer_timeout_ms.
         assert_eq!(o.len(), r.len() + 3);
