@@ -244,6 +244,32 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 
+    /// A listener whose accept queue is full drops new SYNs: from the
+    /// client's side, an address that does not answer.
+    fn unanswering_listener() -> (TcpListener, TcpStream, SocketAddr) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        // SAFETY: listen(2) on the listener's own descriptor.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+        let addr = l.local_addr().expect("addr");
+        // Fills the queue (backlog 0 still admits one), never accepted.
+        let first = TcpStream::connect(addr).expect("first connects");
+        (l, first, addr)
+    }
+
+    #[test]
+    fn a_connect_to_an_address_that_does_not_answer_gives_up_at_the_timeout() {
+        let (_l, _first, addr) = unanswering_listener();
+        let started = Instant::now();
+        let e = connect_from("127.0.0.1", addr, Duration::from_millis(700))
+            .expect_err("nobody answers");
+        let took = started.elapsed();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+            "gave up after {took:?}"
+        );
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn keepalive_options_are_set() {

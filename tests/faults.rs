@@ -279,6 +279,54 @@ fn short_connections_deliver_every_byte_v2() {
 }
 
 #[test]
+fn short_connections_deliver_every_byte_v1() {
+    let _w = watchdog("short_v1", Duration::from_secs(120));
+    short_connections("V1", &["-y", "V1"], 1);
+}
+
+/// The other way: an application that answers each connection with 128 KiB
+/// and closes at once; every client reads all of it.
+#[test]
+fn short_answers_from_the_application_arrive_whole() {
+    let _w = watchdog("short_answers", Duration::from_secs(120));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let app = TcpListener::bind("127.0.0.1:0").expect("bind app");
+    let app_port = app.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for (i, s) in app.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let data = random_bytes(2000 + i as u64, 128 * 1024);
+            thread::spawn(move || {
+                let _ = s.write_all(&data);
+                // Closed at once, before the client has read anything.
+            });
+        }
+    });
+    let map = format!("SSH1={app_port}");
+    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    let mut expected = BTreeSet::new();
+    let mut got = BTreeSet::new();
+    for i in 0..100u64 {
+        expected.insert(sha256(&random_bytes(2000 + i, 128 * 1024)));
+        let mut s = connect(port);
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("read to the end");
+        assert_eq!(
+            all.len(),
+            128 * 1024,
+            "connection {i} got {} bytes",
+            all.len()
+        );
+        got.insert(sha256(&all));
+    }
+    assert!(got == expected, "answers lost or corrupted");
+}
+
+#[test]
 fn a_connection_start_flood_stays_under_the_cap() {
     let _w = watchdog("flood", Duration::from_secs(90));
     let service = Service::start(&[]);
@@ -661,4 +709,50 @@ fn a_destination_killed_and_restarted_with_its_client_token_file_rejoins() {
     let dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst-again");
     dest.stderr.wait_for(CONNECTED, SECS_20);
     echo_eventually(port, 2, 64 * 1024, SECS_20);
+}
+
+#[test]
+fn a_bound_connect_to_an_address_that_does_not_answer_gives_up_at_the_timeout() {
+    let _w = watchdog("bind_timeout", Duration::from_secs(60));
+    // A listener whose accept queue is full drops new SYNs: an address that
+    // does not answer, on loopback.
+    let app = TcpListener::bind("127.0.0.1:0").expect("bind");
+    // SAFETY: listen(2) on the listener's own descriptor.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&app), 0) },
+        0
+    );
+    let app_port = app.local_addr().expect("addr").port();
+    let _queued = TcpStream::connect(("127.0.0.1", app_port)).expect("fills the queue");
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let map = format!("SSH1={app_port}");
+    let once = settings("bind_once", r#""connection_retry_count":"0""#, "");
+    let dest = proxy_with(
+        service.port(),
+        Some(&service.ca_dir),
+        &tunnel.destination_token,
+        &["-d", &map, "-b", "127.0.0.1"],
+        "dst",
+        &[],
+        &once,
+    );
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let port = listening_port(&source, "SSH1");
+    let started = Instant::now();
+    let mut client = connect(port);
+    client.write_all(b"anyone?").expect("write");
+    assert!(
+        closed_within(&mut client, Duration::from_secs(20)),
+        "the connection hangs"
+    );
+    let took = started.elapsed();
+    // One attempt of 10 s (LOCAL_CONNECT_TIMEOUT), then the reset.
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "gave up after {took:?}"
+    );
+    let line = dest.stderr.wait_for("Cannot connect to", SECS_20);
+    assert!(line.contains("timed out"), "{line}");
 }
