@@ -165,26 +165,141 @@ impl Sink {
     }
 }
 
-/// A free port on 127.0.0.1 with nothing listening on it.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+/// A service, a tunnel, and both proxies connected to it: the destination
+/// maps `map` (the first service is the one `port` listens for), the source
+/// takes the advertised services on free ports.
+struct Pair {
+    service: Service,
+    tunnel: Tunnel,
+    dest: Proc,
+    source: Proc,
+    port: u16,
+}
+
+/// How to start a [`Pair`]; `Default` is one service, SSH1, and the fast
+/// test settings.
+#[derive(Default)]
+struct PairOpts<'a> {
+    services: &'a [&'a str],
+    dest_extra: &'a [&'a str],
+    src_extra: &'a [&'a str],
+    dest_settings: Option<&'a std::path::Path>,
+    src_settings: Option<&'a std::path::Path>,
+}
+
+impl Pair {
+    fn start(map: &str, o: PairOpts<'_>) -> Pair {
+        let service = Service::start(&[]);
+        let services = if o.services.is_empty() {
+            &["SSH1"][..]
+        } else {
+            o.services
+        };
+        let tunnel = service.open(services);
+        let fast = fast_settings();
+        let start = |token: &str,
+                     args: &[&str],
+                     extra: &[&str],
+                     settings: Option<&std::path::Path>,
+                     tag: &str| {
+            let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+            proxy_with(
+                service.port(),
+                Some(&service.ca_dir),
+                token,
+                &args,
+                tag,
+                &[],
+                settings.unwrap_or(&fast),
+            )
+        };
+        let dest = start(
+            &tunnel.destination_token,
+            &["-d", map],
+            o.dest_extra,
+            o.dest_settings,
+            "dst",
+        );
+        let source = start(
+            &tunnel.source_token,
+            &["-m", "source"],
+            o.src_extra,
+            o.src_settings,
+            "src",
+        );
+        dest.stderr.wait_for(CONNECTED, SECS_20);
+        let port = listening_port(&source, services[0]);
+        Pair {
+            service,
+            tunnel,
+            dest,
+            source,
+            port,
+        }
+    }
+
+    /// With an echo server behind SSH1.
+    fn echo(o: PairOpts<'_>) -> Pair {
+        Pair::start(&format!("SSH1={}", echo_server()), o)
+    }
+}
+
+/// A port on 127.0.0.1 held by a socket that is bound but not listening:
+/// connecting to it is refused, no other test can take it meanwhile, and
+/// [`ReservedPort::listen`] turns it into the application's listener.
+struct ReservedPort {
+    fd: std::os::fd::OwnedFd,
+    port: u16,
+}
+
+impl ReservedPort {
+    fn new() -> ReservedPort {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket(2); the result is checked, then owned.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor we own.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_in is plain data; all-zero is valid.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_in of `len` bytes.
+        let rc = unsafe { libc::bind(raw, &addr as *const _ as *const libc::sockaddr, len) };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = len;
+        // SAFETY: getsockname writes at most `len` bytes into `addr`.
+        let rc =
+            unsafe { libc::getsockname(raw, &mut addr as *mut _ as *mut libc::sockaddr, &mut len) };
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        ReservedPort {
+            fd,
+            port: u16::from_be(addr.sin_port),
+        }
+    }
+
+    fn listen(self) -> TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen(2) on the bound socket we own.
+        let rc = unsafe { libc::listen(self.fd.as_raw_fd(), 128) };
+        assert_eq!(rc, 0, "listen: {}", std::io::Error::last_os_error());
+        TcpListener::from(self.fd)
+    }
 }
 
 #[test]
 fn app_down_then_up_resets_the_stream_and_later_connections_reach_the_app() {
     let _w = watchdog("app_down", Duration::from_secs(60));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let app_port = free_port();
-    let map = format!("SSH1={app_port}");
-    let mut dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let reserved = ReservedPort::new();
+    let app_port = reserved.port;
+    let Pair {
+        mut dest,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        source: _source,
+    } = Pair::start(&format!("SSH1={app_port}"), PairOpts::default());
     // Nothing listens: after the retries the source's client is closed.
     let started = Instant::now();
     let mut first = connect(port);
@@ -196,7 +311,7 @@ fn app_down_then_up_resets_the_stream_and_later_connections_reach_the_app() {
     dest.stderr.wait_for("Cannot connect to", SECS_20);
     assert!(started.elapsed() < Duration::from_secs(10));
     // The application comes up: a later connection reaches it.
-    let app = TcpListener::bind(("127.0.0.1", app_port)).expect("rebind the app port");
+    let app = reserved.listen();
     thread::spawn(move || {
         for s in app.incoming() {
             let Ok(mut s) = s else { continue };
@@ -221,16 +336,18 @@ fn app_down_then_up_resets_the_stream_and_later_connections_reach_the_app() {
 /// 100 connections that each send 128 KiB and close at once, `burst` at a
 /// time: every byte reaches the application.
 fn short_connections(tag: &str, src_extra: &[&str], burst: usize) {
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
     let (sink, sink_port) = Sink::start();
-    let map = format!("SSH1={sink_port}");
-    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
-    let mut args = vec!["-m", "source"];
-    args.extend_from_slice(src_extra);
-    let source = proxy(&service, &tunnel.source_token, &args, "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let opts = PairOpts {
+        src_extra,
+        ..PairOpts::default()
+    };
+    let Pair {
+        source,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        dest: _dest,
+    } = Pair::start(&format!("SSH1={sink_port}"), opts);
     let mut expected = BTreeSet::new();
     let mut closed = 0;
     for round in 0..100 / burst {
@@ -289,8 +406,6 @@ fn short_connections_deliver_every_byte_v1() {
 #[test]
 fn short_answers_from_the_application_arrive_whole() {
     let _w = watchdog("short_answers", Duration::from_secs(120));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
     let app = TcpListener::bind("127.0.0.1:0").expect("bind app");
     let app_port = app.local_addr().expect("addr").port();
     thread::spawn(move || {
@@ -303,16 +418,12 @@ fn short_answers_from_the_application_arrive_whole() {
             });
         }
     });
-    let map = format!("SSH1={app_port}");
-    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let p = Pair::start(&format!("SSH1={app_port}"), PairOpts::default());
     let mut expected = BTreeSet::new();
     let mut got = BTreeSet::new();
     for i in 0..100u64 {
         expected.insert(sha256(&random_bytes(2000 + i, 128 * 1024)));
-        let mut s = connect(port);
+        let mut s = connect(p.port);
         let mut all = Vec::new();
         s.read_to_end(&mut all).expect("read to the end");
         assert_eq!(
@@ -329,14 +440,13 @@ fn short_answers_from_the_application_arrive_whole() {
 #[test]
 fn a_connection_start_flood_stays_under_the_cap() {
     let _w = watchdog("flood", Duration::from_secs(90));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
-    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let Pair {
+        service,
+        tunnel,
+        dest,
+        source,
+        port,
+    } = Pair::echo(PairOpts::default());
     let mut open = connect(port);
     round_trip(&mut open, b"first");
     let (stream, _) = last_ids(&source);
@@ -383,23 +493,17 @@ fn a_connection_start_flood_stays_under_the_cap() {
 #[test]
 fn a_source_refuses_local_connections_beyond_the_cap() {
     let _w = watchdog("source_cap", Duration::from_secs(60));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
-    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
     let capped = settings("cap3", r#""max_active_connections":"3""#, "");
-    let source = proxy_with(
-        service.port(),
-        Some(&service.ca_dir),
-        &tunnel.source_token,
-        &["-m", "source"],
-        "src",
-        &[],
-        &capped,
-    );
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let Pair {
+        source,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        dest: _dest,
+    } = Pair::echo(PairOpts {
+        src_settings: Some(&capped),
+        ..PairOpts::default()
+    });
     let mut held: Vec<TcpStream> = (0..3)
         .map(|i| {
             let mut s = connect(port);
@@ -426,14 +530,13 @@ fn a_source_refuses_local_connections_beyond_the_cap() {
 #[test]
 fn too_many_service_ids_are_a_protocol_error_and_the_proxy_reconnects() {
     let _w = watchdog("service_ids", Duration::from_secs(60));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
-    let dest = proxy(&service, &tunnel.destination_token, &["-d", &map], "dst");
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let Pair {
+        service,
+        tunnel,
+        source,
+        port,
+        dest: _dest,
+    } = Pair::echo(PairOpts::default());
     echo_eventually(port, 1, 1024, SECS_20);
     let n = source.stderr.count(CONNECTED);
     let mut ids = message(MessageType::SERVICE_IDS, 0, "", 0, b"");
@@ -494,10 +597,16 @@ fn a_destination_away_while_connections_start_strands_no_service() {
     // Back with the same tokens.
     let dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst2");
     dest.stderr.wait_for(CONNECTED, SECS_20);
+    // A connection opened in the instant the destination logs its return,
+    // before the service has attached it, is reset by the service; from
+    // then on every connection works at the first attempt.
     let back = Instant::now();
     for (i, p) in ports.iter().enumerate() {
+        echo_eventually(*p, 10 + i as u64, 4096, Duration::from_secs(5));
+    }
+    for (i, p) in ports.iter().enumerate() {
         for round in 0..3 {
-            let attempts = echo_eventually(*p, 10 + 3 * i as u64 + round, 4096, SECS_20);
+            let attempts = echo_eventually(*p, 20 + 3 * i as u64 + round, 4096, SECS_20);
             assert_eq!(
                 attempts, 1,
                 "service {i}: a connection after the return failed"
@@ -521,24 +630,18 @@ fn a_destination_away_while_connections_start_strands_no_service() {
 #[test]
 fn the_first_reconnect_after_a_drop_is_immediate() {
     let _w = watchdog("reconnect_now", Duration::from_secs(60));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
     // A long retry delay: only an immediate reconnect is fast.
     let slow = settings("slow_retry", "", r#""retry_delay_ms":"5000""#);
-    let dest = proxy_with(
-        service.port(),
-        Some(&service.ca_dir),
-        &tunnel.destination_token,
-        &["-d", &map],
-        "dst",
-        &[],
-        &slow,
-    );
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let Pair {
+        service,
+        tunnel,
+        dest,
+        port,
+        source: _source,
+    } = Pair::echo(PairOpts {
+        dest_settings: Some(&slow),
+        ..PairOpts::default()
+    });
     echo_eventually(port, 1, 1024, SECS_20);
     let n = dest.stderr.count(CONNECTED);
     let dropped = Instant::now();
@@ -566,35 +669,27 @@ fn rss_anon_kib(pid: u32) -> u64 {
 
 /// A pair with ping_period_ms = 1000: the tunnel is declared lost after
 /// 2.5 s of silence or of writes without progress.
-fn quick_liveness_pair(tag: &str) -> (Service, Tunnel, Proc, Proc, u16) {
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
+fn quick_liveness_pair(tag: &str) -> Pair {
     let quick = settings(tag, "", r#""ping_period_ms":"1000""#);
-    let start = |token: &str, args: &[&str], name: &str| {
-        proxy_with(
-            service.port(),
-            Some(&service.ca_dir),
-            token,
-            args,
-            name,
-            &[],
-            &quick,
-        )
-    };
-    let dest = start(&tunnel.destination_token, &["-d", &map], "dst");
-    let source = start(&tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
-    echo_eventually(port, 1, 64 * 1024, SECS_20);
-    (service, tunnel, dest, source, port)
+    let p = Pair::echo(PairOpts {
+        dest_settings: Some(&quick),
+        src_settings: Some(&quick),
+        ..PairOpts::default()
+    });
+    echo_eventually(p.port, 1, 64 * 1024, SECS_20);
+    p
 }
 
 #[test]
 fn a_silent_service_is_noticed_within_the_bound_and_data_flows_again() {
     let _w = watchdog("silence", Duration::from_secs(60));
-    let (service, tunnel, dest, _source, port) = quick_liveness_pair("silence");
+    let Pair {
+        service,
+        tunnel,
+        dest,
+        port,
+        source: _source,
+    } = quick_liveness_pair("silence");
     let n = dest.stderr.count(CONNECTED);
     let lost = dest.stderr.count("lost (");
     local_test(
@@ -621,7 +716,13 @@ fn a_silent_service_is_noticed_within_the_bound_and_data_flows_again() {
 #[test]
 fn a_service_that_stops_reading_is_left_within_the_bound_with_memory_flat() {
     let _w = watchdog("stop_reading", Duration::from_secs(60));
-    let (service, tunnel, _dest, source, port) = quick_liveness_pair("stopread");
+    let Pair {
+        service,
+        tunnel,
+        source,
+        port,
+        dest: _dest,
+    } = quick_liveness_pair("stopread");
     let base = rss_anon_kib(source.pid());
     let n = source.stderr.count(CONNECTED);
     let lost = source.stderr.count("lost (");
@@ -670,18 +771,23 @@ fn a_service_that_stops_reading_is_left_within_the_bound_with_memory_flat() {
 #[test]
 fn a_destination_killed_and_restarted_with_its_client_token_file_rejoins() {
     let _w = watchdog("token_file", Duration::from_secs(60));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
-    let dir = temp_dir("token-file");
-    let file = dir.join("client-token");
+    let map = format!("SSH1={}", echo_server());
+    let file = temp_dir("token-file").join("client-token");
     let file_arg = file.to_str().expect("utf-8 path");
+    let Pair {
+        service,
+        tunnel,
+        mut dest,
+        port,
+        source: _source,
+    } = Pair::start(
+        &map,
+        PairOpts {
+            dest_extra: &["--client-token-file", file_arg],
+            ..PairOpts::default()
+        },
+    );
     let dest_args = ["-d", &map, "--client-token-file", file_arg];
-    let mut dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst");
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
     echo_eventually(port, 1, 4096, SECS_20);
     // The file was created, private.
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -724,22 +830,21 @@ fn a_bound_connect_to_an_address_that_does_not_answer_gives_up_at_the_timeout() 
     );
     let app_port = app.local_addr().expect("addr").port();
     let _queued = TcpStream::connect(("127.0.0.1", app_port)).expect("fills the queue");
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let map = format!("SSH1={app_port}");
     let once = settings("bind_once", r#""connection_retry_count":"0""#, "");
-    let dest = proxy_with(
-        service.port(),
-        Some(&service.ca_dir),
-        &tunnel.destination_token,
-        &["-d", &map, "-b", "127.0.0.1"],
-        "dst",
-        &[],
-        &once,
+    let Pair {
+        dest,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        source: _source,
+    } = Pair::start(
+        &format!("SSH1={app_port}"),
+        PairOpts {
+            dest_extra: &["-b", "127.0.0.1"],
+            dest_settings: Some(&once),
+            ..PairOpts::default()
+        },
     );
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
     let started = Instant::now();
     let mut client = connect(port);
     client.write_all(b"anyone?").expect("write");
