@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const SECS_20: Duration = Duration::from_secs(20);
-const CONNECTED: &str = "Successfully established websocket connection with proxy server";
 const INNER: &str = "LOCALPROXY_BLACKHOLE_INNER";
 
 fn can_run() -> Result<(), String> {

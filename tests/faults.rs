@@ -17,7 +17,6 @@ use common::*;
 use localproxy::frame::{encode_frame, message, Message, MessageType};
 
 const SECS_20: Duration = Duration::from_secs(20);
-const CONNECTED: &str = "Successfully established websocket connection with proxy server";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -162,85 +161,6 @@ impl Sink {
             got = cv.wait_timeout(got, left).expect("sink wait").0;
         }
         got.clone()
-    }
-}
-
-/// A service, a tunnel, and both proxies connected to it: the destination
-/// maps `map` (the first service is the one `port` listens for), the source
-/// takes the advertised services on free ports.
-struct Pair {
-    service: Service,
-    tunnel: Tunnel,
-    dest: Proc,
-    source: Proc,
-    port: u16,
-}
-
-/// How to start a [`Pair`]; `Default` is one service, SSH1, and the fast
-/// test settings.
-#[derive(Default)]
-struct PairOpts<'a> {
-    services: &'a [&'a str],
-    dest_extra: &'a [&'a str],
-    src_extra: &'a [&'a str],
-    dest_settings: Option<&'a std::path::Path>,
-    src_settings: Option<&'a std::path::Path>,
-}
-
-impl Pair {
-    fn start(map: &str, o: PairOpts<'_>) -> Pair {
-        let service = Service::start(&[]);
-        let services = if o.services.is_empty() {
-            &["SSH1"][..]
-        } else {
-            o.services
-        };
-        let tunnel = service.open(services);
-        let fast = fast_settings();
-        let start = |token: &str,
-                     args: &[&str],
-                     extra: &[&str],
-                     settings: Option<&std::path::Path>,
-                     tag: &str| {
-            let args: Vec<&str> = args.iter().chain(extra).copied().collect();
-            proxy_with(
-                service.port(),
-                Some(&service.ca_dir),
-                token,
-                &args,
-                tag,
-                &[],
-                settings.unwrap_or(&fast),
-            )
-        };
-        let dest = start(
-            &tunnel.destination_token,
-            &["-d", map],
-            o.dest_extra,
-            o.dest_settings,
-            "dst",
-        );
-        let source = start(
-            &tunnel.source_token,
-            &["-m", "source"],
-            o.src_extra,
-            o.src_settings,
-            "src",
-        );
-        dest.stderr.wait_for(CONNECTED, SECS_20);
-        let port = listening_port(&source, services[0]);
-        Pair {
-            service,
-            tunnel,
-            dest,
-            source,
-            port,
-        }
-    }
-
-    /// With an echo server behind SSH1.
-    fn echo(o: PairOpts<'_>) -> Pair {
-        Pair::start(&format!("SSH1={}", echo_server()), o)
     }
 }
 

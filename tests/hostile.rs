@@ -21,7 +21,6 @@ use localproxy::frame::{encode_frame, message, MessageType};
 use openssl::ssl::{SslAcceptor, SslMethod};
 
 const SECS_20: Duration = Duration::from_secs(20);
-const CONNECTED: &str = "Successfully established websocket connection with proxy server";
 /// The destination's client token, so a second destination may take over.
 const DEST_CLIENT_TOKEN: &str = "hostile-dest-client-token-0123456789ab";
 

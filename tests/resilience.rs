@@ -18,7 +18,6 @@ use common::*;
 use localproxy::frame::{encode_frame, message, MessageType};
 
 const SECS_20: Duration = Duration::from_secs(20);
-const CONNECTED: &str = "Successfully established websocket connection with proxy server";
 /// Descriptors and threads a proxy may hold above its baseline after the
 /// restarts: a local connection's threads and socket end a moment after
 /// the client sees its close, and glibc may keep one extra descriptor
@@ -62,34 +61,15 @@ fn assert_no_leak(name: &str, pid: u32, base: (usize, usize)) {
     }
 }
 
-/// A service, its tunnel, an echo server and both proxies, connected.
-struct Pair {
-    service: Service,
-    tunnel: Tunnel,
-    dest: Proc,
-    source: Proc,
-    port: u16,
-}
-
-fn pair(service: Service, dest_args: &[&str], src_args: &[&str]) -> Pair {
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
-    let mut args = vec!["-d", &map];
-    args.extend_from_slice(dest_args);
-    let dest = proxy(&service, &tunnel.destination_token, &args, "dst");
-    let mut args = vec!["-m", "source"];
-    args.extend_from_slice(src_args);
-    let source = proxy(&service, &tunnel.source_token, &args, "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
-    Pair {
-        service,
-        tunnel,
-        dest,
-        source,
-        port,
-    }
+/// A service already started, its tunnel, an echo server and both proxies,
+/// connected.
+fn pair(service: Service, dest_extra: &[&str], src_extra: &[&str]) -> Pair {
+    Pair::echo(PairOpts {
+        service: Some(service),
+        dest_extra,
+        src_extra,
+        ..PairOpts::default()
+    })
 }
 
 #[test]

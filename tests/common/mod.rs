@@ -561,3 +561,87 @@ pub fn wait_closed(stream: &mut TcpStream, what: &str, limit: Duration) -> Vec<u
         }
     }
 }
+
+/// The line both proxies log once connected to the service.
+pub const CONNECTED: &str = "Successfully established websocket connection with proxy server";
+
+/// A service, a tunnel, and both proxies connected to it: the destination
+/// maps `map` (the first service is the one `port` listens for), the source
+/// takes the advertised services on free ports.
+pub struct Pair {
+    pub service: Service,
+    pub tunnel: Tunnel,
+    pub dest: Proc,
+    pub source: Proc,
+    pub port: u16,
+}
+
+/// How to start a [`Pair`]; `Default` is a new service, one tunnel service
+/// (SSH1) and the fast test settings.
+#[derive(Default)]
+pub struct PairOpts<'a> {
+    /// A service already started (with faults, a state file...).
+    pub service: Option<Service>,
+    pub services: &'a [&'a str],
+    pub dest_extra: &'a [&'a str],
+    pub src_extra: &'a [&'a str],
+    pub dest_settings: Option<&'a std::path::Path>,
+    pub src_settings: Option<&'a std::path::Path>,
+}
+
+impl Pair {
+    pub fn start(map: &str, o: PairOpts<'_>) -> Pair {
+        let service = o.service.unwrap_or_else(|| Service::start(&[]));
+        let services = if o.services.is_empty() {
+            &["SSH1"][..]
+        } else {
+            o.services
+        };
+        let tunnel = service.open(services);
+        let fast = fast_settings();
+        let start = |token: &str,
+                     args: &[&str],
+                     extra: &[&str],
+                     settings: Option<&std::path::Path>,
+                     tag: &str| {
+            let args: Vec<&str> = args.iter().chain(extra).copied().collect();
+            proxy_with(
+                service.port(),
+                Some(&service.ca_dir),
+                token,
+                &args,
+                tag,
+                &[],
+                settings.unwrap_or(&fast),
+            )
+        };
+        let dest = start(
+            &tunnel.destination_token,
+            &["-d", map],
+            o.dest_extra,
+            o.dest_settings,
+            "dst",
+        );
+        let source = start(
+            &tunnel.source_token,
+            &["-m", "source"],
+            o.src_extra,
+            o.src_settings,
+            "src",
+        );
+        dest.stderr.wait_for(CONNECTED, Duration::from_secs(20));
+        let port = listening_port(&source, services[0]);
+        Pair {
+            service,
+            tunnel,
+            dest,
+            source,
+            port,
+        }
+    }
+
+    /// With an echo server behind SSH1.
+    pub fn echo(o: PairOpts<'_>) -> Pair {
+        Pair::start(&format!("SSH1={}", echo_server()), o)
+    }
+}
