@@ -573,7 +573,9 @@ fn text_frame_is_an_error_not_data() {
 fn frames_over_max_frame_size_are_errors_both_ways() {
     with_deadline(20, || {
         let (port, _seen) = spawn_ws_server(|mut ws| {
-            ws.send(Message::Binary(vec![7; MAX_FRAME + 1])).unwrap();
+            // The client may hang up as soon as it saw the frame's header,
+            // before the rest is written: that send may fail.
+            let _ = ws.send(Message::Binary(vec![7; MAX_FRAME + 1]));
             let _ = ws.read();
         });
         let (mut r, mut w) = Client::new(port).connect().unwrap().split();
