@@ -45,7 +45,8 @@ pub struct ConnectOptions<'a> {
     /// [`crate::protocol::SUBPROTOCOLS`]; the answer is checked against a
     /// comma-separated list, so a caller could offer several).
     pub subprotocol: &'a str,
-    /// `-c`: extra trusted CAs, a directory (hashed names) or a PEM file.
+    /// `-c`: extra trusted CAs. The command line accepts a directory (hashed
+    /// names, as `c_rehash` makes them); a PEM file works here too.
     pub capath: Option<&'a Path>,
     /// `-k`: no certificate or host name verification.
     pub no_ssl_host_verify: bool,
