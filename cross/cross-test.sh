@@ -131,7 +131,7 @@ arm_proxy() {
 
 step "ARM destination: -d SSH1=$echo_port"
 arm_proxy "$work/destination" "$dst_token" -d "SSH1=$echo_port"
-wait_for_line "$work/destination.log" 'Connected to the tunneling service' "$STEP_TIMEOUT" "destination proxy" "$LAST_PID" >/dev/null
+wait_for_line "$work/destination.log" 'Successfully established websocket connection with proxy server' "$STEP_TIMEOUT" "destination proxy" "$LAST_PID" >/dev/null
 
 step "ARM source"
 arm_proxy "$work/source" "$src_token" -m source
