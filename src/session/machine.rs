@@ -381,6 +381,25 @@ pub struct Accepted {
     pub slot: Slot,
 }
 
+/// A destination connection to make; the connections of the stream it
+/// replaces (if any) close.
+fn connect_step<C>(open: Open, replaced: Vec<C>) -> Step<C> {
+    let note = if replaced.is_empty() {
+        Note::Quiet
+    } else {
+        Note::StreamReplaced {
+            service: open.label.clone(),
+            old: replaced.len(),
+            stream: open.key.stream_id,
+        }
+    };
+    Step::Connect {
+        open,
+        replaced,
+        note,
+    }
+}
+
 /// Streams and connections closed lately, by (service, stream, connection);
 /// connection 0 stands for the whole stream. Bounded: the oldest is
 /// forgotten first.
@@ -743,17 +762,8 @@ impl<C: Clone> Machine<C> {
             msg.connectionId,
             new_handle(),
         );
-        let note = if replaced.is_empty() {
-            Note::Quiet
-        } else {
-            Note::StreamReplaced {
-                service: label.clone(),
-                old: replaced.len(),
-                stream: msg.streamId,
-            }
-        };
-        Step::Connect {
-            open: Open {
+        connect_step(
+            Open {
                 key,
                 ids,
                 addr,
@@ -761,8 +771,7 @@ impl<C: Clone> Machine<C> {
                 slot,
             },
             replaced,
-            note,
-        }
+        )
     }
 
     fn on_connection_start(
@@ -800,28 +809,16 @@ impl<C: Clone> Machine<C> {
             };
         };
         match table.connection_start(svc, stream, &msg.serviceId, conn, new_handle()) {
-            Ok((key, ids, replaced)) => {
-                let note = if replaced.is_empty() {
-                    Note::Quiet
-                } else {
-                    Note::StreamReplaced {
-                        service: label.clone(),
-                        old: replaced.len(),
-                        stream,
-                    }
-                };
-                Step::Connect {
-                    open: Open {
-                        key,
-                        ids,
-                        addr,
-                        label,
-                        slot,
-                    },
-                    replaced,
-                    note,
-                }
-            }
+            Ok((key, ids, replaced)) => connect_step(
+                Open {
+                    key,
+                    ids,
+                    addr,
+                    label,
+                    slot,
+                },
+                replaced,
+            ),
             // Checked above; the slot goes back.
             Err(Duplicate(_)) => Step::Note(Note::Duplicate { stream, conn }),
         }
