@@ -64,6 +64,42 @@ impl Write for MemIo {
     }
 }
 
+/// The TLS layer as the WebSocket sees it once connected.
+///
+/// Its writes land in memory and never block, so a write takes the whole
+/// buffer: tungstenite then drops what it handed over in one go. With
+/// `SslStream`'s own `write`, which stops after each 16 KiB TLS record,
+/// tungstenite moved the rest of a message down after every record, which
+/// copied a 128 KiB message about four more times.
+pub(crate) struct TlsIo(pub(crate) SslStream<MemIo>);
+
+impl TlsIo {
+    pub(crate) fn mem(&self) -> &MemIo {
+        self.0.get_ref()
+    }
+
+    pub(crate) fn mem_mut(&mut self) -> &mut MemIo {
+        self.0.get_mut()
+    }
+}
+
+impl Read for TlsIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for TlsIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 /// Anything whose bottom is a [`MemIo`].
 pub(crate) trait HasMemIo {
     fn mem(&mut self) -> &mut MemIo;

@@ -32,7 +32,7 @@ use crate::config::{Endpoint, Mode};
 use crate::secret::Secret;
 use handshake::{UpgradeRequest, Verdict};
 use http::{read_head, HeadError};
-use memio::{MemIo, Outer, Pump};
+use memio::{MemIo, Outer, Pump, TlsIo};
 
 /// What [`connect`] needs.
 #[derive(Debug, Clone, Copy)]
@@ -325,7 +325,7 @@ pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
         upgraded.subprotocol
     );
     let ws = WebSocket::from_partially_read(
-        tls,
+        TlsIo(tls),
         tail,
         Role::Client,
         Some(ws_config(opts.max_frame_size)),

@@ -21,18 +21,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use openssl::ssl::SslStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
 use super::error::TransportError;
-use super::memio::{push_eof, push_inbound, swap_outbound, MemIo, Outer};
+use super::memio::{push_eof, push_inbound, swap_outbound, Outer, TlsIo};
 
 /// TLS layers and WebSocket state.
 pub(crate) struct State {
     pub(crate) outer: Outer,
-    pub(crate) ws: WebSocket<SslStream<MemIo>>,
+    pub(crate) ws: WebSocket<TlsIo>,
 }
 
 /// Ciphertext of replies (pongs, close) the reader may leave queued for the
@@ -147,7 +146,7 @@ impl WsReader {
             log::trace!("tunnel socket: read {n} bytes");
             let mut st = lock(&self.shared.state)?;
             let State { outer, ws } = &mut *st;
-            let inner = ws.get_mut().get_mut();
+            let inner = ws.get_mut().mem_mut();
             if n == 0 {
                 push_eof(outer, inner)?;
             } else {
@@ -163,7 +162,7 @@ impl WsReader {
         mut st: MutexGuard<'a, State>,
     ) -> Result<MutexGuard<'a, State>, TransportError> {
         let limit = self.silence.unwrap_or(DEFAULT_DRAIN_WAIT);
-        while st.ws.get_ref().get_ref().outbound_len() > REPLY_BACKLOG {
+        while st.ws.get_ref().mem().outbound_len() > REPLY_BACKLOG {
             if self.shared.writer_gone.load(Ordering::SeqCst) {
                 return Err(TransportError::Eof);
             }
@@ -269,7 +268,7 @@ impl WsWriter {
             let st = &mut *st;
             swap_outbound(
                 &mut st.outer,
-                st.ws.get_mut().get_mut(),
+                st.ws.get_mut().mem_mut(),
                 &mut self.ciphertext,
             )?;
             if self.shared.reader_waiting.load(Ordering::SeqCst) {

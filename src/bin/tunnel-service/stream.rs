@@ -38,7 +38,7 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
-            Stream::Tls(s) => s.write(buf),
+            Stream::Tls(s) => write_records(s, buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -47,6 +47,25 @@ impl Write for Stream {
             Stream::Tls(s) => s.flush(),
         }
     }
+}
+
+/// Writes as many TLS records of `buf` as the socket takes. `SslStream`'s
+/// own `write` stops after one 16 KiB record, and tungstenite moves the rest
+/// of its buffer down after every write: for a 128 KiB message that copied
+/// it about four more times. A record that would block is not counted, so
+/// the next call starts with it, as OpenSSL requires of a retried write.
+fn write_records(s: &mut SslStream<TcpStream>, buf: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match s.write(&buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            // What went out counts; the error comes back on the next call.
+            Err(_) if done > 0 => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 /// WebSocket limits of the service: frames up to 131076 bytes.
