@@ -103,15 +103,20 @@ impl Connection {
     }
 }
 
+/// What tungstenite reads at once, and the first size of its read buffer
+/// (it grows to the largest message). One TLS record's plaintext: the
+/// buffer's free part is zeroed before each read, so a larger size would
+/// zero more than a read brings.
+const WS_READ_CHUNK: usize = 16 * 1024;
+
 /// The WebSocket limits for a given `max_frame_size`.
 fn ws_config(max_frame_size: usize) -> WebSocketConfig {
-    WebSocketConfig {
-        max_frame_size: Some(max_frame_size),
-        max_message_size: Some(max_frame_size),
-        write_buffer_size: 0,
-        accept_unmasked_frames: false,
-        ..WebSocketConfig::default()
-    }
+    WebSocketConfig::default()
+        .max_frame_size(Some(max_frame_size))
+        .max_message_size(Some(max_frame_size))
+        .write_buffer_size(0)
+        .read_buffer_size(WS_READ_CHUNK)
+        .accept_unmasked_frames(false)
 }
 
 /// Connects to the service and upgrades to a WebSocket.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::{Message, WebSocket};
+use tungstenite::{Bytes, Message, WebSocket};
 
 use super::error::TransportError;
 use super::memio::{push_eof, push_inbound, swap_outbound, Outer, TlsIo};
@@ -91,12 +91,12 @@ pub(crate) fn split(
 /// One message from the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    /// Tunnel bytes.
-    Binary(Vec<u8>),
+    /// Tunnel bytes, as read (no copy of the received data).
+    Binary(Bytes),
     /// A ping; its pong is queued: call [`WsWriter::flush_control`].
     Ping,
     /// A pong to one of our pings, with its payload.
-    Pong(Vec<u8>),
+    Pong(Bytes),
     /// The service closed the WebSocket (code and reason, if given); the
     /// close reply is queued: call [`WsWriter::flush_control`].
     Close(Option<(u16, String)>),
@@ -210,7 +210,7 @@ fn convert(st: &mut State, msg: Message) -> Result<Incoming, TransportError> {
         Message::Pong(p) => Incoming::Pong(p),
         Message::Close(c) => {
             queue_reply(st)?;
-            Incoming::Close(c.map(|c| (u16::from(c.code), c.reason.into_owned())))
+            Incoming::Close(c.map(|c| (u16::from(c.code), c.reason.as_str().to_owned())))
         }
         Message::Frame(_) => {
             return Err(TransportError::Protocol(
@@ -308,7 +308,7 @@ impl WsWriter {
                 max: self.max_frame_size,
             });
         }
-        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload))?))
+        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.into()))?))
     }
 
     /// Sends a ping (payload at most 125 bytes).
@@ -319,7 +319,7 @@ impl WsWriter {
                 max: 125,
             });
         }
-        self.with_state(|st| Ok(st.ws.send(Message::Ping(payload.to_vec()))?))
+        self.with_state(|st| Ok(st.ws.send(Message::Ping(Bytes::copy_from_slice(payload)))?))
     }
 
     /// Starts (or answers) the close handshake with `code` and `reason`.

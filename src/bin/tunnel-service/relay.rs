@@ -480,7 +480,7 @@ impl Relay {
             return Ok(Some(next - now));
         }
         if !self.write_blocked {
-            match self.ws.write(WsMessage::Ping(Vec::new())) {
+            match self.ws.write(WsMessage::Ping(Default::default())) {
                 Ok(()) => {}
                 Err(e) if is_would_block(&e) => self.write_blocked = true,
                 Err(e) => return Err(End::Error(e.to_string())),
@@ -703,7 +703,7 @@ impl Relay {
     fn next_message(&mut self) -> Option<WsMessage> {
         if let Some(Item::Text(_)) = self.outq.front() {
             if let Some(Item::Text(t)) = self.outq.pop_front() {
-                return Some(WsMessage::Text(t));
+                return Some(WsMessage::Text(t.into()));
             }
         }
         let mut limit = MAX_WEBSOCKET_FRAME;
@@ -740,7 +740,7 @@ impl Relay {
             return None;
         }
         self.conn.queued.fetch_sub(buf.len(), Ordering::AcqRel);
-        Some(WsMessage::Binary(buf))
+        Some(WsMessage::Binary(buf.into()))
     }
 
     /// Ends the connection as `end` says; returns it for the log.

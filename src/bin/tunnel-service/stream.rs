@@ -70,10 +70,11 @@ fn write_records(s: &mut SslStream<TcpStream>, buf: &[u8]) -> io::Result<usize> 
 
 /// WebSocket limits of the service: frames up to 131076 bytes.
 pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig {
-        max_frame_size: Some(MAX_WEBSOCKET_FRAME),
-        max_message_size: Some(4 * MAX_WEBSOCKET_FRAME),
-        write_buffer_size: MAX_WEBSOCKET_FRAME,
-        ..Default::default()
-    }
+    // Reads of one TLS record at most: tungstenite zeroes the free part of
+    // its read buffer, up to this size, before each read.
+    WebSocketConfig::default()
+        .max_frame_size(Some(MAX_WEBSOCKET_FRAME))
+        .max_message_size(Some(4 * MAX_WEBSOCKET_FRAME))
+        .write_buffer_size(MAX_WEBSOCKET_FRAME)
+        .read_buffer_size(16 * 1024)
 }
