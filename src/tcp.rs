@@ -19,9 +19,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tungstenite::Bytes;
 
+use crate::buffers::BufferPool;
 use crate::config::DestinationAddr;
-use crate::frame::{encode_frame, message, MessageType};
+use crate::frame::DataFramer;
 use crate::streams::WireIds;
 
 /// Stack size of the two worker threads of a local connection: they only
@@ -30,7 +32,8 @@ use crate::streams::WireIds;
 pub const CONNECTION_THREAD_STACK: usize = 128 * 1024;
 /// First read buffer of a local connection. It grows to the configured read
 /// size the first time a read fills it, so idle and interactive connections
-/// (most of them) keep a small buffer and bulk ones read in large chunks.
+/// (most of them) keep a small buffer and bulk ones read in large chunks,
+/// straight into pooled buffers that become the DATA frames.
 pub const INITIAL_READ_BUFFER: usize = 4 * 1024;
 /// How long one write to a local application may block before the
 /// connection is considered stalled and closed.
@@ -221,11 +224,13 @@ impl Drop for ConnStats {
 /// What the read half needs to speak for its connection.
 pub struct ReadHalf {
     /// The tunnel writer's data channel (framed bytes).
-    pub to_tunnel: Sender<Vec<u8>>,
+    pub to_tunnel: Sender<Bytes>,
     /// The ids every DATA message of this connection carries.
     pub ids: WireIds,
     /// Bytes read from the local socket at once (at most max_payload_size).
     pub read_size: usize,
+    /// Buffers for full-size reads, back once the frame is encrypted.
+    pub pool: BufferPool,
     /// Called once when the local side ends (EOF or error).
     pub on_closed: Box<dyn FnOnce() + Send>,
 }
@@ -239,6 +244,8 @@ pub struct WriteHalf {
     pub from_tunnel: Receiver<Vec<u8>>,
     /// A payload already taken off the channel (while connecting).
     pub first: Option<Vec<u8>>,
+    /// Where written payloads' buffers go back to (those of its size).
+    pub pool: BufferPool,
     /// Watches for a tunnel side that never answers: called when nothing
     /// came from the tunnel for the duration; returns how much longer to
     /// wait before calling again, or `None` to stop watching.
@@ -298,11 +305,13 @@ impl Conn {
 }
 
 fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
-    let write = |sock: &mut &LocalStream, chunk: &[u8]| match sock.write_all(chunk) {
+    let pool = half.pool;
+    let write = |sock: &mut &LocalStream, chunk: Vec<u8>| match sock.write_all(&chunk) {
         Ok(()) => {
             stats
                 .from_tunnel
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            pool.give(chunk);
             true
         }
         Err(e) => {
@@ -311,7 +320,7 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
         }
     };
     if let Some(chunk) = half.first {
-        if !write(&mut sock, &chunk) {
+        if !write(&mut sock, chunk) {
             return;
         }
     }
@@ -320,7 +329,7 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
         loop {
             match rx.recv_timeout(after) {
                 Ok(chunk) => {
-                    if !write(&mut sock, &chunk) {
+                    if !write(&mut sock, chunk) {
                         return;
                     }
                     break;
@@ -337,7 +346,7 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
     }
     // Ends when the senders are gone and everything queued is written.
     for chunk in rx.iter() {
-        if !write(&mut sock, &chunk) {
+        if !write(&mut sock, chunk) {
             return;
         }
     }
@@ -345,31 +354,60 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
 
 fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: &AtomicBool) {
     let full = half.read_size.max(1);
-    let mut buf = vec![0u8; INITIAL_READ_BUFFER.min(full)];
     let ids = &half.ids;
+    let framer = match DataFramer::new(ids.stream_id, &ids.service_id, ids.connection_id, full) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("{}: cannot frame local data: {e}", stats.label);
+            (half.on_closed)();
+            return;
+        }
+    };
+    // A payload is read to `off`, leaving room for the fields before it.
+    let off = framer.payload_offset();
+    let pool = &half.pool;
+    let pooled = framer.buffer_len() <= pool.size();
+    let mut size = INITIAL_READ_BUFFER.min(full);
+    // Reused for reads of up to `size` bytes until bulk reads use the pool.
+    let mut own: Vec<u8> = Vec::new();
     loop {
-        let n = match sock.read(&mut buf) {
-            Ok(0) => break,
-            Ok(_) if closed.load(Ordering::SeqCst) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        let big = size == full && pooled;
+        let mut buf = if big {
+            pool.take()
+        } else {
+            std::mem::take(&mut own)
+        };
+        if buf.len() < off + size {
+            buf.resize(off + size, 0);
+        }
+        let read = sock.read(&mut buf[off..off + size]);
+        let n = match read {
+            Ok(n) if n > 0 && !closed.load(Ordering::SeqCst) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if big {
+                    pool.give(buf);
+                } else {
+                    own = buf;
+                }
+                continue;
+            }
             Err(e) => {
                 log::debug!("{}: local read ended: {e}", stats.label);
                 break;
             }
+            // End of file, or the write half is done.
+            Ok(_) => break,
         };
-        let msg = message(
-            MessageType::DATA,
-            ids.stream_id,
-            &ids.service_id,
-            ids.connection_id,
-            &buf[..n],
-        );
-        let mut frame = Vec::with_capacity(n + 32);
-        if let Err(e) = encode_frame(&msg, &mut frame) {
-            log::error!("{}: cannot frame local data: {e}", stats.label);
-            break;
-        }
+        let start = framer.seal(&mut buf, n);
+        let frame = if big {
+            // The buffer travels as the frame and comes back to the pool
+            // once the writer has encrypted it.
+            pool.lend(buf, start)
+        } else {
+            let frame = Bytes::copy_from_slice(&buf[start..]);
+            own = buf;
+            frame
+        };
         if half.to_tunnel.send(frame).is_err() {
             // The tunnel connection is gone; the session closes us.
             break;
@@ -377,8 +415,12 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
         if stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed) == 0 {
             let _ = stats.first_sent.set(Instant::now());
         }
-        if n == buf.len() && buf.len() < full {
-            buf = vec![0u8; full];
+        if n == size && size < full {
+            // A read filled the small buffer: a bulk transfer, read in full.
+            size = full;
+            if pooled {
+                own = Vec::new();
+            }
         }
     }
     (half.on_closed)();

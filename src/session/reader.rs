@@ -226,7 +226,17 @@ fn dispatch(shared: &Arc<Shared>, link: &Link, d: Decoded<'_>) -> Result<(), Fai
     });
     match step {
         Step::Note(note) => shared.note(&note),
-        Step::Deliver { key, to } => deliver(shared, link, key, to, msg.payload.to_vec()),
+        Step::Deliver { key, to } => {
+            let payload = if msg.payload.len() >= shared.pool.size() / 4 {
+                // A bulk payload: into a recycled buffer.
+                let mut buf = shared.pool.take_empty();
+                buf.extend_from_slice(&msg.payload);
+                buf
+            } else {
+                msg.payload.to_vec()
+            };
+            deliver(shared, link, key, to, payload)
+        }
         Step::Connect {
             open,
             replaced,

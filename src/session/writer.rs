@@ -2,9 +2,10 @@
 //!
 //! It takes frames from two bounded channels: data (DATA frames, and the
 //! starts and resets that must stay in order with them) and control (resets
-//! the reader answers with, close frames), packs queued frames into
-//! WebSocket messages of up to `max_frame_size` bytes, flushes the pongs the
-//! reader queued, and pings every `ping_period`. Every channel is bounded, so
+//! the reader answers with, close frames), sends each queued frame as a
+//! WebSocket message of its own, as many as fit `max_frame_size` bytes per
+//! write to the socket, flushes the pongs the reader queued, and pings every
+//! `ping_period`. Every channel is bounded, so
 //! a service that stops reading makes the senders wait (local reads pause,
 //! the reader stops reading the service) instead of memory growing; the
 //! WebSocket's stall limit then ends the connection.
@@ -13,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
+use tungstenite::Bytes;
 
 use crate::transport::{self, ShutdownHandle, WsWriter};
 
@@ -38,7 +40,7 @@ pub(super) enum Control {
 #[derive(Clone)]
 pub(super) struct Link {
     /// DATA frames, and the starts and resets ordered with them.
-    pub data: Sender<Vec<u8>>,
+    pub data: Sender<Bytes>,
     /// Frames whose order against data does not matter, and close frames.
     pub control: Sender<Control>,
     /// "The reader queued a reply (pong, close reply): send it." Holds one
@@ -61,7 +63,7 @@ impl Link {
 
 /// The writer's ends of a [`Link`].
 pub(super) struct Inputs {
-    data: Receiver<Vec<u8>>,
+    data: Receiver<Bytes>,
     control: Receiver<Control>,
     flush: Receiver<()>,
 }
@@ -155,28 +157,28 @@ fn write_loop(
     Some(e)
 }
 
-/// Sends `first` and whatever else is queued, packed into WebSocket
-/// messages of at most `max_frame` bytes (frames may share a message). The
-/// frames' buffers are handed to the WebSocket without another copy; a
-/// batch grows in place, reserving room for a whole message once.
+/// Sends `first` and whatever else is queued, each frame a WebSocket
+/// message of its own (its buffer is encrypted where it lies: no copy to
+/// pack frames together), as many per socket write as fit `max_frame`
+/// bytes, so a write holds as much ciphertext as one largest message did.
 fn send_batch(
     ws: &mut WsWriter,
-    first: Vec<u8>,
-    data: &Receiver<Vec<u8>>,
+    first: Bytes,
+    data: &Receiver<Bytes>,
     max_frame: usize,
 ) -> Result<(), transport::TransportError> {
-    let mut batch = first;
+    let mut batch = Vec::with_capacity(4);
+    let mut bytes = first.len();
+    batch.push(first);
     // Bound the work per call so control messages are not starved.
     for _ in 0..DATA_QUEUE {
         let Ok(next) = data.try_recv() else { break };
-        if batch.len() + next.len() > max_frame {
-            ws.send_binary_owned(std::mem::replace(&mut batch, next))?;
-        } else {
-            if batch.capacity() < batch.len() + next.len() {
-                batch.reserve(max_frame - batch.len());
-            }
-            batch.extend_from_slice(&next);
+        if bytes + next.len() > max_frame {
+            ws.send_frames(&mut batch)?;
+            bytes = 0;
         }
+        bytes += next.len();
+        batch.push(next);
     }
-    ws.send_binary_owned(batch)
+    ws.send_frames(&mut batch)
 }

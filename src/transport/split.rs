@@ -311,6 +311,24 @@ impl WsWriter {
         self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.into()))?))
     }
 
+    /// Sends each of `frames` (already framed tunnel bytes, each at most
+    /// `max_frame_size`) as a binary message, and writes them to the socket
+    /// at once; `frames` is left empty (its allocation is kept).
+    pub fn send_frames(&mut self, frames: &mut Vec<Bytes>) -> Result<(), TransportError> {
+        if let Some(big) = frames.iter().find(|f| f.len() > self.max_frame_size) {
+            return Err(TransportError::FrameTooLarge {
+                size: big.len(),
+                max: self.max_frame_size,
+            });
+        }
+        self.with_state(|st| {
+            for f in frames.drain(..) {
+                st.ws.write(Message::Binary(f))?;
+            }
+            Ok(st.ws.flush()?)
+        })
+    }
+
     /// Sends a ping (payload at most 125 bytes).
     pub fn send_ping(&mut self, payload: &[u8]) -> Result<(), TransportError> {
         if payload.len() > 125 {
