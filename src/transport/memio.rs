@@ -7,7 +7,6 @@
 //! ciphertext as its plaintext; [`push_inbound`] and [`take_outbound`] move
 //! bytes through both.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
@@ -17,17 +16,64 @@ use openssl::ssl::SslStream;
 /// Bytes to and from the socket, buffered; reading an empty buffer is `WouldBlock`.
 #[derive(Debug, Default)]
 pub(crate) struct MemIo {
-    inbound: VecDeque<u8>,
+    inbound: Inbound,
     outbound: Vec<u8>,
     eof: bool,
 }
 
+/// Received bytes not yet read by OpenSSL: `buf[start..end]`. The whole of
+/// `buf` is initialized, so a buffer the socket was read into can be put in
+/// place as it is ([`swap_received`]) instead of being copied.
+#[derive(Debug, Default)]
+struct Inbound {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbound {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end + data.len() > self.buf.len() {
+            // Move what is left to the front, and grow if that is not enough.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end + data.len() > self.buf.len() {
+                self.buf.resize(self.end + data.len(), 0);
+            }
+        }
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+
+    fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        n
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.start..self.end].to_vec();
+        self.start = 0;
+        self.end = 0;
+        rest
+    }
+}
+
 impl MemIo {
     pub(crate) fn with_inbound(data: &[u8]) -> Self {
-        MemIo {
-            inbound: data.iter().copied().collect(),
-            ..MemIo::default()
-        }
+        let mut m = MemIo::default();
+        m.inbound.extend(data);
+        m
     }
 
     /// Bytes produced for the socket and not taken yet.
@@ -37,7 +83,7 @@ impl MemIo {
 
     /// Bytes received and not yet consumed.
     pub(crate) fn take_inbound(&mut self) -> Vec<u8> {
-        self.inbound.drain(..).collect()
+        self.inbound.take()
     }
 }
 
@@ -49,7 +95,7 @@ impl Read for MemIo {
             }
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.inbound.read(buf)
+        Ok(self.inbound.read(buf))
     }
 }
 
@@ -148,6 +194,25 @@ pub(crate) fn push_inbound(outer: &mut Outer, inner: &mut MemIo, data: &[u8]) ->
             drain_outer(o, inner)
         }
     }
+}
+
+/// Feeds `buf[..n]`, just read from the socket, in. Without an outer layer
+/// and with nothing left over, `buf` itself becomes the inbound buffer and
+/// the previous one (all of it consumed) comes back in `buf` for the next
+/// read: no copy. Otherwise the bytes are copied in.
+pub(crate) fn swap_received(
+    outer: &mut Outer,
+    inner: &mut MemIo,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<()> {
+    if outer.is_none() && inner.inbound.is_empty() {
+        std::mem::swap(&mut inner.inbound.buf, buf);
+        inner.inbound.start = 0;
+        inner.inbound.end = n;
+        return Ok(());
+    }
+    push_inbound(outer, inner, &buf[..n])
 }
 
 /// Records that the socket reached end of file.
@@ -291,6 +356,10 @@ mod tests {
         );
         m.inbound.extend(b"ab");
         assert_eq!(m.read(&mut buf).unwrap(), 2);
+        assert_eq!(
+            m.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         m.eof = true;
         assert_eq!(m.read(&mut buf).unwrap(), 0);
     }
@@ -304,5 +373,34 @@ mod tests {
         assert!(take_outbound(&mut outer, &mut m).unwrap().is_empty());
         push_inbound(&mut outer, &mut m, b"xy").unwrap();
         assert_eq!(m.take_inbound(), b"xy");
+    }
+
+    #[test]
+    fn received_buffers_are_swapped_in_when_all_was_read() {
+        let mut m = MemIo::with_inbound(b"abc");
+        let mut outer: Outer = None;
+        let mut buf = b"defg".to_vec();
+        // "abc" not read yet: copied in behind it.
+        swap_received(&mut outer, &mut m, &mut buf, 2).unwrap();
+        assert_eq!(buf, b"defg", "kept for the next read");
+        let mut out = [0u8; 8];
+        assert_eq!(m.read(&mut out).unwrap(), 5);
+        assert_eq!(&out[..5], b"abcde");
+        // All read: swapped in, the old buffer comes back.
+        let at = buf.as_ptr();
+        swap_received(&mut outer, &mut m, &mut buf, 3).unwrap();
+        assert_ne!(buf.as_ptr(), at);
+        assert_eq!(m.read(&mut out).unwrap(), 3);
+        assert_eq!(&out[..3], b"def");
+        // Growing, compacting: bytes come out in order.
+        let mut m = MemIo::default();
+        for i in 0..100u8 {
+            m.inbound.extend(&[i; 7]);
+            let mut one = [0u8; 5];
+            assert_eq!(m.read(&mut one).unwrap(), 5);
+        }
+        let rest = m.take_inbound();
+        assert_eq!(rest.len(), 200);
+        assert!(rest.windows(2).all(|w| w[0] <= w[1]));
     }
 }

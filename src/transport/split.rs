@@ -26,7 +26,7 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::{Bytes, Message, WebSocket};
 
 use super::error::TransportError;
-use super::memio::{push_eof, push_inbound, swap_outbound, Outer, TlsIo};
+use super::memio::{push_eof, swap_outbound, swap_received, Outer, TlsIo};
 
 /// TLS layers and WebSocket state.
 pub(crate) struct State {
@@ -37,6 +37,11 @@ pub(crate) struct State {
 /// Ciphertext of replies (pongs, close) the reader may leave queued for the
 /// writer before it stops reading.
 pub const REPLY_BACKLOG: usize = 64 * 1024;
+/// The reader's first socket reads; it grows to [`READ_MAX`] the first
+/// time a read fills it, so an idle tunnel keeps small buffers.
+const READ_FIRST: usize = 16 * 1024;
+/// The reader's socket reads during bulk transfers.
+const READ_MAX: usize = 64 * 1024;
 /// How long the reader waits for the writer when no stall limit is set.
 const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
 
@@ -76,7 +81,8 @@ pub(crate) fn split(
         WsReader {
             shared: shared.clone(),
             sock: read_sock,
-            buf: vec![0; 64 * 1024],
+            buf: Vec::new(),
+            read_size: READ_FIRST,
             silence: None,
         },
         WsWriter {
@@ -106,7 +112,11 @@ pub enum Incoming {
 pub struct WsReader {
     shared: Arc<Shared>,
     sock: TcpStream,
+    /// Read into from the socket, then swapped into the TLS layer's input
+    /// (which hands its consumed buffer back): received bytes are not copied
+    /// before OpenSSL reads them.
     buf: Vec<u8>,
+    read_size: usize,
     /// Nothing received for this long ends the connection.
     silence: Option<Duration>,
 }
@@ -133,7 +143,11 @@ impl WsReader {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let n = match self.sock.read(&mut self.buf) {
+            if self.buf.len() < self.read_size {
+                // Zeroed once per buffer and size: two buffers take turns.
+                self.buf.resize(self.read_size, 0);
+            }
+            let n = match self.sock.read(&mut self.buf[..self.read_size]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_timeout(&e) => {
@@ -144,13 +158,16 @@ impl WsReader {
                 Err(e) => return Err(TransportError::Io(e)),
             };
             log::trace!("tunnel socket: read {n} bytes");
+            if n == self.read_size {
+                self.read_size = READ_MAX;
+            }
             let mut st = lock(&self.shared.state)?;
             let State { outer, ws } = &mut *st;
             let inner = ws.get_mut().mem_mut();
             if n == 0 {
                 push_eof(outer, inner)?;
             } else {
-                push_inbound(outer, inner, &self.buf[..n])?;
+                swap_received(outer, inner, &mut self.buf, n)?;
             }
         }
     }
