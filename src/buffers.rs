@@ -77,13 +77,15 @@ impl BufferPool {
         }
     }
 
-    /// `buf[start..]` as [`Bytes`] without a copy; the buffer comes back to
-    /// the pool when the last reference to the bytes is dropped.
-    pub fn lend(&self, buf: Vec<u8>, start: usize) -> Bytes {
-        let start = start.min(buf.len());
+    /// `buf[range]` as [`Bytes`] without a copy; the buffer comes back to
+    /// the pool (whole, its length unchanged: nothing to zero when it is
+    /// taken again) when the last reference to the bytes is dropped.
+    pub fn lend(&self, buf: Vec<u8>, range: std::ops::Range<usize>) -> Bytes {
+        let end = range.end.min(buf.len());
+        let start = range.start.min(end);
         Bytes::from_owner(Lent {
             buf,
-            start,
+            range: start..end,
             pool: self.clone(),
         })
     }
@@ -92,13 +94,13 @@ impl BufferPool {
 /// A pooled buffer on loan as [`Bytes`].
 struct Lent {
     buf: Vec<u8>,
-    start: usize,
+    range: std::ops::Range<usize>,
     pool: BufferPool,
 }
 
 impl AsRef<[u8]> for Lent {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.range.clone()]
     }
 }
 
@@ -118,7 +120,7 @@ mod tests {
         let a = pool.take();
         assert_eq!(a.len(), 1000);
         let ptr = a.as_ptr();
-        let bytes = pool.lend(a, 10);
+        let bytes = pool.lend(a, 10..1000);
         assert_eq!(bytes.len(), 990);
         let copy = bytes.clone();
         drop(bytes);

@@ -253,7 +253,9 @@ pub fn encode_frame(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), FrameErr
 /// [`seal`] writes the length prefix and the fields before the payload into
 /// the room left there, and the fields after it (the protobuf field order
 /// puts the service id and connection id after the payload), and says where
-/// the frame begins. The bytes are exactly those of [`encode_frame`].
+/// the frame lies in the buffer. The bytes are exactly those of
+/// [`encode_frame`]. The buffer's length does not change, so it can be read
+/// into again without being cleared or zeroed.
 ///
 /// [`payload_offset`]: DataFramer::payload_offset
 /// [`seal`]: DataFramer::seal
@@ -319,17 +321,17 @@ impl DataFramer {
     }
 
     /// Turns `buf`, holding a payload of `n` bytes (1 ..= max_payload) at
-    /// [`DataFramer::payload_offset`], into a frame: `buf[start..]` with the
-    /// `start` returned. `buf` is cut after the frame.
+    /// [`DataFramer::payload_offset`], into a frame: `buf[range]` with the
+    /// range returned.
     ///
     /// # Panics
     /// When `n` is 0 or over the maximum, or `buf` is too short: callers
     /// read at most the maximum into a buffer of [`DataFramer::buffer_len`].
-    pub fn seal(&self, buf: &mut Vec<u8>, n: usize) -> usize {
+    pub fn seal(&self, buf: &mut [u8], n: usize) -> std::ops::Range<usize> {
         assert!(n > 0 && n <= self.max_payload, "DATA payload of {n} bytes");
         let off = self.payload_offset();
-        buf.truncate(off + n);
-        buf.extend_from_slice(&self.tail);
+        let end = off + n + self.tail.len();
+        buf[off + n..end].copy_from_slice(&self.tail);
         let mut varint = [0u8; MAX_LEN_VARINT];
         let mut v = n;
         let mut vlen = 0;
@@ -346,7 +348,7 @@ impl DataFramer {
         }
         let fields = self.head.len() + 1 + vlen;
         let start = off - fields - FRAME_LENGTH_PREFIX;
-        let msg_len = buf.len() - start - FRAME_LENGTH_PREFIX;
+        let msg_len = end - start - FRAME_LENGTH_PREFIX;
         // Fits: `new` checked the largest frame against the u16 prefix.
         let prefix = (msg_len as u16).to_be_bytes();
         let mut at = start;
@@ -355,7 +357,7 @@ impl DataFramer {
             at += part.len();
         }
         debug_assert_eq!(at, off);
-        start
+        start..end
     }
 }
 
@@ -618,10 +620,12 @@ mod tests {
         ] {
             let framer = DataFramer::new(stream, service, conn, max).expect("fits");
             for n in [1, 2, 127, 128, 129, 16_383, 16_384, 16_385, max - 1, max] {
-                let mut buf = vec![0xeeu8; framer.buffer_len()];
+                // Longer than needed, as a pooled buffer is: the frame
+                // ends where its fields end.
+                let mut buf = vec![0xeeu8; framer.buffer_len() + 5];
                 let off = framer.payload_offset();
                 buf[off..off + n].copy_from_slice(&payload[..n]);
-                let start = framer.seal(&mut buf, n);
+                let frame = framer.seal(&mut buf, n);
                 let want = frames(&[message(
                     MessageType::DATA,
                     stream,
@@ -629,7 +633,7 @@ mod tests {
                     conn,
                     &payload[..n],
                 )]);
-                assert_eq!(&buf[start..], &want[..], "{stream} {service} {conn} n={n}");
+                assert_eq!(&buf[frame], &want[..], "{stream} {service} {conn} n={n}");
             }
         }
     }

@@ -67,13 +67,7 @@ pub(super) fn serve(
     }
     let shutdown = ws_writer.shutdown_handle();
     let (link, inputs) = writer::channels();
-    let writer_thread = match writer::spawn(
-        ws_writer,
-        inputs,
-        ping,
-        settings.max_frame_size,
-        shutdown.clone(),
-    ) {
+    let writer_thread = match writer::spawn(ws_writer, inputs, ping, shutdown.clone()) {
         Ok(t) => t,
         Err(e) => return (End::Lost(TunnelError::Thread(e)), false),
     };

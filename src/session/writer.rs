@@ -3,7 +3,7 @@
 //! It takes frames from two bounded channels: data (DATA frames, and the
 //! starts and resets that must stay in order with them) and control (resets
 //! the reader answers with, close frames), sends each queued frame as a
-//! WebSocket message of its own, as many as fit `max_frame_size` bytes per
+//! WebSocket message of its own, up to [`WRITE_GROUP`] bytes of them per
 //! write to the socket, flushes the pongs the reader queued, and pings every
 //! `ping_period`. Every channel is bounded, so
 //! a service that stops reading makes the senders wait (local reads pause,
@@ -23,6 +23,10 @@ use crate::transport::{self, ShutdownHandle, WsWriter};
 pub(super) const DATA_QUEUE: usize = 64;
 /// Control frames waiting for the writer (each under 200 bytes).
 const CONTROL_QUEUE: usize = 64;
+/// Frames sent with one write to the socket, in bytes at most (one frame
+/// more if a single one is larger): fewer system calls, each carrying about
+/// four largest DATA frames of ciphertext.
+pub(super) const WRITE_GROUP: usize = 256 * 1024;
 /// Stack of the writer thread.
 const WRITER_STACK: usize = 256 * 1024;
 
@@ -92,13 +96,12 @@ pub(super) fn spawn(
     ws: WsWriter,
     inputs: Inputs,
     ping_period: Duration,
-    max_frame: usize,
     shutdown: ShutdownHandle,
 ) -> std::io::Result<thread::JoinHandle<Option<transport::TransportError>>> {
     thread::Builder::new()
         .name("tunnel-write".into())
         .stack_size(WRITER_STACK)
-        .spawn(move || write_loop(ws, inputs, ping_period, max_frame, shutdown))
+        .spawn(move || write_loop(ws, inputs, ping_period, shutdown))
 }
 
 /// Process-wide origin of ping timestamps.
@@ -121,7 +124,6 @@ fn write_loop(
     mut ws: WsWriter,
     inputs: Inputs,
     ping_period: Duration,
-    max_frame: usize,
     shutdown: ShutdownHandle,
 ) -> Option<transport::TransportError> {
     let ticker = tick(ping_period);
@@ -140,7 +142,7 @@ fn write_loop(
                 },
                 recv(flush) -> _ => ws.flush_control()?,
                 recv(data) -> d => match d {
-                    Ok(first) => send_batch(&mut ws, first, &data, max_frame)?,
+                    Ok(first) => send_batch(&mut ws, first, &data)?,
                     Err(_) => return Ok(()),
                 },
                 recv(ticker) -> _ => {
@@ -159,13 +161,11 @@ fn write_loop(
 
 /// Sends `first` and whatever else is queued, each frame a WebSocket
 /// message of its own (its buffer is encrypted where it lies: no copy to
-/// pack frames together), as many per socket write as fit `max_frame`
-/// bytes, so a write holds as much ciphertext as one largest message did.
+/// pack frames together), up to [`WRITE_GROUP`] bytes per socket write.
 fn send_batch(
     ws: &mut WsWriter,
     first: Bytes,
     data: &Receiver<Bytes>,
-    max_frame: usize,
 ) -> Result<(), transport::TransportError> {
     let mut batch = Vec::with_capacity(4);
     let mut bytes = first.len();
@@ -173,7 +173,7 @@ fn send_batch(
     // Bound the work per call so control messages are not starved.
     for _ in 0..DATA_QUEUE {
         let Ok(next) = data.try_recv() else { break };
-        if bytes + next.len() > max_frame {
+        if bytes + next.len() > WRITE_GROUP {
             ws.send_frames(&mut batch)?;
             bytes = 0;
         }

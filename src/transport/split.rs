@@ -40,8 +40,9 @@ pub const REPLY_BACKLOG: usize = 64 * 1024;
 /// The reader's first socket reads; it grows to [`READ_MAX`] the first
 /// time a read fills it, so an idle tunnel keeps small buffers.
 const READ_FIRST: usize = 16 * 1024;
-/// The reader's socket reads during bulk transfers.
-const READ_MAX: usize = 64 * 1024;
+/// The reader's socket reads during bulk transfers: a few largest messages
+/// per system call.
+const READ_MAX: usize = 256 * 1024;
 /// How long the reader waits for the writer when no stall limit is set.
 const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
 

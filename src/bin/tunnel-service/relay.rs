@@ -190,14 +190,13 @@ fn take_frames(
         out.extend_from_slice(raw);
         Ok(())
     })?;
-    Ok((
-        if pooled {
-            pool.lend(out, 0)
-        } else {
-            out.into()
-        },
-        events,
-    ))
+    let frames = if pooled {
+        let len = out.len();
+        pool.lend(out, 0..len)
+    } else {
+        out.into()
+    };
+    Ok((frames, events))
 }
 
 /// How a connection ended, for the log.
