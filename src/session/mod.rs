@@ -51,8 +51,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// 32 x max_payload_size, about 2 MiB per connection).
 const LOCAL_QUEUE: usize = 32;
 /// Spare data buffers kept for reuse (see [`crate::buffers`]): at most
-/// 16 x 64.8 KiB, about 1 MiB, and only once traffic has used them.
-const POOL_DEPTH: usize = 16;
+/// 32 x 64.8 KiB, about 2 MiB, and only once traffic has used them.
+const POOL_DEPTH: usize = 32;
 /// Size of a pooled buffer: the largest DATA frame (the largest payload and
 /// its fields, a 128-byte service id included) with room to spare.
 const POOL_BUFFER: usize = crate::protocol::MAX_PAYLOAD_SIZE + 256;
