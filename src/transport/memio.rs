@@ -36,22 +36,35 @@ impl Inbound {
         self.start == self.end
     }
 
-    fn extend(&mut self, data: &[u8]) {
+    /// Makes room for `more` bytes after `end`.
+    fn reserve(&mut self, more: usize) {
         if self.is_empty() {
             self.start = 0;
             self.end = 0;
         }
-        if self.end + data.len() > self.buf.len() {
+        if self.end + more > self.buf.len() {
             // Move what is left to the front, and grow if that is not enough.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
-            if self.end + data.len() > self.buf.len() {
-                self.buf.resize(self.end + data.len(), 0);
+            if self.end + more > self.buf.len() {
+                self.buf.resize(self.end + more, 0);
             }
         }
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        self.reserve(data.len());
         self.buf[self.end..self.end + data.len()].copy_from_slice(data);
         self.end += data.len();
+    }
+
+    /// Reads at most `max` bytes from `r` straight in.
+    fn read_from(&mut self, r: &mut impl Read, max: usize) -> io::Result<usize> {
+        self.reserve(max);
+        let n = r.read(&mut self.buf[self.end..self.end + max])?;
+        self.end += n;
+        Ok(n)
     }
 
     fn read(&mut self, out: &mut [u8]) -> usize {
@@ -166,16 +179,18 @@ impl HasMemIo for SslStream<MemIo> {
 /// The optional outer TLS layer (to an `https://` web proxy).
 pub(crate) type Outer = Option<SslStream<MemIo>>;
 
+/// Bytes read from the socket (or the outer layer) at once while connecting.
+const CHUNK: usize = 16 * 1024;
+
 /// Decrypts what the outer layer has buffered into `inner`'s inbound bytes.
 fn drain_outer(outer: &mut SslStream<MemIo>, inner: &mut MemIo) -> io::Result<()> {
-    let mut buf = [0u8; 16 * 1024];
     loop {
-        match outer.read(&mut buf) {
+        match inner.inbound.read_from(outer, CHUNK) {
             Ok(0) => {
                 inner.eof = true;
                 return Ok(());
             }
-            Ok(n) => inner.inbound.extend(&buf[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
@@ -296,19 +311,23 @@ impl Pump<'_> {
     /// Blocks for the next bytes from the socket and feeds them in.
     pub(crate) fn fill(&self, outer: &mut Outer, inner: &mut MemIo) -> io::Result<()> {
         self.sock.set_read_timeout(Some(self.remaining()?))?;
-        let mut buf = [0u8; 16 * 1024];
         let mut sock = self.sock;
-        let n = match sock.read(&mut buf) {
+        // Straight into the bottom layer's input.
+        let bottom = match outer {
+            Some(o) => o.get_mut(),
+            None => &mut *inner,
+        };
+        let n = match bottom.inbound.read_from(&mut sock, CHUNK) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, e))
             }
             Err(e) => return Err(e),
         };
-        if n == 0 {
-            push_eof(outer, inner)
-        } else {
-            push_inbound(outer, inner, &buf[..n])
+        match (n, outer) {
+            (0, outer) => push_eof(outer, inner),
+            (_, Some(o)) => drain_outer(o, inner),
+            (_, None) => Ok(()),
         }
     }
 

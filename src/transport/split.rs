@@ -39,7 +39,7 @@ pub(crate) struct State {
 pub const REPLY_BACKLOG: usize = 64 * 1024;
 /// The reader's first socket reads; it grows to [`READ_MAX`] the first
 /// time a read fills it, so an idle tunnel keeps small buffers.
-const READ_FIRST: usize = 16 * 1024;
+const READ_FIRST: usize = 4 * 1024;
 /// The reader's socket reads during bulk transfers: a few largest messages
 /// per system call.
 const READ_MAX: usize = 256 * 1024;
