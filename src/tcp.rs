@@ -36,7 +36,8 @@ pub const CONNECTION_THREAD_STACK: usize = 128 * 1024;
 /// straight into pooled buffers that become the DATA frames.
 pub const INITIAL_READ_BUFFER: usize = 4 * 1024;
 /// Pooled buffers one bulk read from a local socket may fill at once (one
-/// `readv`): up to this many DATA frames per system call.
+/// `readv`), when that many bytes are already there: up to this many DATA
+/// frames per system call. A read that may wait uses one buffer.
 pub const READ_BATCH: usize = 4;
 /// Payloads from the tunnel one write to a local socket may carry (`writev`).
 pub const WRITE_BATCH: usize = 4;
@@ -71,6 +72,14 @@ impl LocalStream {
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Bytes that arrived and are not read yet.
+    fn readable(&self) -> io::Result<usize> {
+        match self {
+            LocalStream::Tcp(s) => crate::sockets::readable_bytes(s),
+            LocalStream::Unix(s) => crate::sockets::readable_bytes(s),
         }
     }
 
@@ -441,8 +450,9 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
     let mut size = INITIAL_READ_BUFFER.min(full);
     // Reused for reads of up to `size` bytes until bulk reads use the pool.
     let mut own: Vec<u8> = Vec::new();
-    // Pooled buffers for the next read, and how many it uses: one more
-    // after a read that filled them all, as many as it filled otherwise.
+    // Pooled buffers for the next read, and how many it uses: one for a
+    // read that may wait (so an idle connection holds one buffer), after a
+    // read that filled them all as many as the bytes already there need.
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     let mut want = 1;
     loop {
@@ -473,8 +483,15 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
                 Ok(_) => break,
             };
             let used = n.div_ceil(full);
-            let all_full = used == bufs.len() && n % full == 0;
-            want = if all_full { used + 1 } else { n / full }.clamp(1, READ_BATCH);
+            want = if used == bufs.len() && n % full == 0 {
+                // More may be there already: read it all at once.
+                sock.readable()
+                    .unwrap_or(0)
+                    .div_ceil(full)
+                    .clamp(1, READ_BATCH)
+            } else {
+                1
+            };
             let mut left = n;
             let mut gone = false;
             for mut buf in bufs.drain(..used) {
