@@ -37,8 +37,10 @@ pub const CONNECTION_THREAD_STACK: usize = 128 * 1024;
 pub const INITIAL_READ_BUFFER: usize = 4 * 1024;
 /// Pooled buffers one bulk read from a local socket may fill at once (one
 /// `readv`), when that many bytes are already there: up to this many DATA
-/// frames per system call. A read that may wait uses one buffer.
-pub const READ_BATCH: usize = 4;
+/// frames per system call. A read that may wait uses one buffer. Two, so a
+/// read half never holds more than it did with one buffer to read into and
+/// one frame waiting for room in the tunnel's queue.
+pub const READ_BATCH: usize = 2;
 /// Payloads from the tunnel one write to a local socket may carry (`writev`).
 pub const WRITE_BATCH: usize = 4;
 /// How long one write to a local application may block before the
