@@ -46,7 +46,7 @@ impl Sizes {
     pub fn full() -> Sizes {
         Sizes {
             reps: 5,
-            bulk: 256 << 20,
+            bulk: 1 << 30,
             agg8: 32 << 20,
             agg64: 4 << 20,
             echo_rounds: 2000,
