@@ -6,7 +6,8 @@
 //! callback, borrowing its payload from the chunk (or from the decoder's
 //! carry-over buffer when a frame straddles chunks), so a payload is never
 //! copied before the consumer decides where it goes. [`encode_frame`] appends
-//! one frame to an output buffer.
+//! one frame to an output buffer; [`DataFramer`] frames local bytes as DATA
+//! around the place they were read into, without copying them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -244,6 +245,125 @@ pub fn encode_frame(msg: &Message<'_>, out: &mut Vec<u8>) -> Result<(), FrameErr
             len,
             reason: e.to_string(),
         })
+}
+
+/// Frames local bytes as DATA messages of one connection where they lie.
+///
+/// The caller reads a payload into a buffer at [`payload_offset`], then
+/// [`seal`] writes the length prefix and the fields before the payload into
+/// the room left there, and the fields after it (the protobuf field order
+/// puts the service id and connection id after the payload), and says where
+/// the frame lies in the buffer. The bytes are exactly those of
+/// [`encode_frame`]. The buffer's length does not change, so it can be read
+/// into again without being cleared or zeroed.
+///
+/// [`payload_offset`]: DataFramer::payload_offset
+/// [`seal`]: DataFramer::seal
+#[derive(Debug, Clone)]
+pub struct DataFramer {
+    /// Fields 1 (type) and 2 (stream id), encoded once.
+    head: Vec<u8>,
+    /// Fields 5 (service id) and 7 (connection id), encoded once.
+    tail: Vec<u8>,
+    max_payload: usize,
+}
+
+/// Tag of field 4 (payload, length-delimited).
+const PAYLOAD_TAG: u8 = 0x22;
+/// A payload length needs at most 3 varint bytes (frames are under 2^21).
+const MAX_LEN_VARINT: usize = 3;
+
+impl DataFramer {
+    /// A framer for DATA with these ids and payloads of at most
+    /// `max_payload` bytes; refused when such a frame would not fit the
+    /// 2-byte length prefix.
+    pub fn new(
+        stream_id: i32,
+        service_id: &str,
+        connection_id: u32,
+        max_payload: usize,
+    ) -> Result<DataFramer, FrameError> {
+        let mut head = Vec::new();
+        let mut tail = Vec::new();
+        let ids = message(MessageType::DATA, stream_id, "", 0, b"");
+        ids.write_message(&mut Writer::new(&mut head))
+            .and_then(|()| {
+                // Type UNKNOWN and stream 0 are left out: only fields 5 and 7.
+                let rest = message(MessageType::UNKNOWN, 0, service_id, connection_id, b"");
+                rest.write_message(&mut Writer::new(&mut tail))
+            })
+            .map_err(|e| FrameError::InvalidProtobuf {
+                len: 0,
+                reason: e.to_string(),
+            })?;
+        let len = head.len() + 1 + sizeof_len_prefix(max_payload) + max_payload + tail.len();
+        if len > MAX_MESSAGE_SIZE {
+            return Err(FrameError::MessageTooLarge {
+                len,
+                max: MAX_MESSAGE_SIZE,
+            });
+        }
+        Ok(DataFramer {
+            head,
+            tail,
+            max_payload,
+        })
+    }
+
+    /// Where the payload goes in the buffer given to [`DataFramer::seal`].
+    pub fn payload_offset(&self) -> usize {
+        FRAME_LENGTH_PREFIX + self.head.len() + 1 + MAX_LEN_VARINT
+    }
+
+    /// Bytes a buffer needs for a frame with the largest payload.
+    pub fn buffer_len(&self) -> usize {
+        self.payload_offset() + self.max_payload + self.tail.len()
+    }
+
+    /// Turns `buf`, holding a payload of `n` bytes (1 ..= max_payload) at
+    /// [`DataFramer::payload_offset`], into a frame: `buf[range]` with the
+    /// range returned.
+    ///
+    /// # Panics
+    /// When `n` is 0 or over the maximum, or `buf` is too short: callers
+    /// read at most the maximum into a buffer of [`DataFramer::buffer_len`].
+    pub fn seal(&self, buf: &mut [u8], n: usize) -> std::ops::Range<usize> {
+        assert!(n > 0 && n <= self.max_payload, "DATA payload of {n} bytes");
+        let off = self.payload_offset();
+        let end = off + n + self.tail.len();
+        buf[off + n..end].copy_from_slice(&self.tail);
+        let mut varint = [0u8; MAX_LEN_VARINT];
+        let mut v = n;
+        let mut vlen = 0;
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                varint[vlen] = byte;
+                vlen += 1;
+                break;
+            }
+            varint[vlen] = byte | 0x80;
+            vlen += 1;
+        }
+        let fields = self.head.len() + 1 + vlen;
+        let start = off - fields - FRAME_LENGTH_PREFIX;
+        let msg_len = end - start - FRAME_LENGTH_PREFIX;
+        // Fits: `new` checked the largest frame against the u16 prefix.
+        let prefix = (msg_len as u16).to_be_bytes();
+        let mut at = start;
+        for part in [&prefix[..], &self.head, &[PAYLOAD_TAG], &varint[..vlen]] {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        debug_assert_eq!(at, off);
+        start..end
+    }
+}
+
+/// Bytes of the varint length of a payload of `n` bytes.
+fn sizeof_len_prefix(n: usize) -> usize {
+    quick_protobuf::sizeofs::sizeof_varint(n as u64)
 }
 
 /// Detaches a decoded message from the buffer it borrows from.
@@ -485,6 +605,45 @@ mod tests {
             frames(&[message(MessageType::CONNECTION_RESET, 2, "", u32::MAX, b"")]),
             vec![0, 10, 0x08, 7, 0x10, 2, 0x38, 0xff, 0xff, 0xff, 0xff, 0x0f]
         );
+    }
+
+    #[test]
+    fn data_framer_writes_the_bytes_of_encode_frame() {
+        let max = MAX_PAYLOAD_SIZE;
+        let payload: Vec<u8> = (0..max).map(|i| (i * 7) as u8).collect();
+        for (stream, service, conn) in [
+            (1, "", 0),
+            (1, "SSH1", 1),
+            (300, "WEB", 70_000),
+            (-5, "", u32::MAX),
+            (i32::MAX, &*"s".repeat(128), 2),
+        ] {
+            let framer = DataFramer::new(stream, service, conn, max).expect("fits");
+            for n in [1, 2, 127, 128, 129, 16_383, 16_384, 16_385, max - 1, max] {
+                // Longer than needed, as a pooled buffer is: the frame
+                // ends where its fields end.
+                let mut buf = vec![0xeeu8; framer.buffer_len() + 5];
+                let off = framer.payload_offset();
+                buf[off..off + n].copy_from_slice(&payload[..n]);
+                let frame = framer.seal(&mut buf, n);
+                let want = frames(&[message(
+                    MessageType::DATA,
+                    stream,
+                    service,
+                    conn,
+                    &payload[..n],
+                )]);
+                assert_eq!(&buf[frame], &want[..], "{stream} {service} {conn} n={n}");
+            }
+        }
+    }
+
+    #[test]
+    fn data_framer_refuses_frames_over_the_prefix() {
+        let long = "x".repeat(2000);
+        let err = DataFramer::new(1, &long, 1, MAX_MESSAGE_SIZE - 100).expect_err("too big");
+        assert!(matches!(err, FrameError::MessageTooLarge { .. }), "{err}");
+        assert!(DataFramer::new(1, "", 0, MAX_MESSAGE_SIZE - 8).is_ok());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 #[rustfmt::skip]
 pub mod proto;
 
+pub mod buffers;
 pub mod config;
 pub mod frame;
 pub mod logging;

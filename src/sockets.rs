@@ -1,6 +1,7 @@
 //! Socket operations std lacks: an outgoing TCP connection bound to a chosen
 //! local address (`-b` on the destination side), with a timeout; TCP
-//! keepalive and `TCP_USER_TIMEOUT` for the tunnel socket.
+//! keepalive and `TCP_USER_TIMEOUT` for the tunnel socket; how many bytes a
+//! socket holds unread.
 
 use std::io;
 use std::mem;
@@ -214,6 +215,18 @@ fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (storage, len as libc::socklen_t)
 }
 
+/// Bytes received on `fd` and not read yet (`FIONREAD`; TCP and Unix
+/// stream sockets alike).
+pub fn readable_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the valid pointer given.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +243,18 @@ mod tests {
             stream.local_addr().expect("local").ip().to_string(),
             "127.0.0.2"
         );
+    }
+
+    #[test]
+    fn readable_bytes_counts_what_arrived_and_was_not_read() {
+        use std::io::{Read, Write};
+        let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert_eq!(readable_bytes(&b).expect("ioctl"), 0);
+        a.write_all(b"hello").expect("write");
+        assert_eq!(readable_bytes(&b).expect("ioctl"), 5);
+        let mut two = [0u8; 2];
+        b.read_exact(&mut two).expect("read");
+        assert_eq!(readable_bytes(&b).expect("ioctl"), 3);
     }
 
     #[test]

@@ -19,9 +19,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use tungstenite::Bytes;
 
+use crate::buffers::BufferPool;
 use crate::config::DestinationAddr;
-use crate::frame::{encode_frame, message, MessageType};
+use crate::frame::DataFramer;
 use crate::streams::WireIds;
 
 /// Stack size of the two worker threads of a local connection: they only
@@ -30,8 +32,17 @@ use crate::streams::WireIds;
 pub const CONNECTION_THREAD_STACK: usize = 128 * 1024;
 /// First read buffer of a local connection. It grows to the configured read
 /// size the first time a read fills it, so idle and interactive connections
-/// (most of them) keep a small buffer and bulk ones read in large chunks.
+/// (most of them) keep a small buffer and bulk ones read in large chunks,
+/// straight into pooled buffers that become the DATA frames.
 pub const INITIAL_READ_BUFFER: usize = 4 * 1024;
+/// Pooled buffers one bulk read from a local socket may fill at once (one
+/// `readv`), when that many bytes are already there: up to this many DATA
+/// frames per system call. A read that may wait uses one buffer. Two, so a
+/// read half never holds more than it did with one buffer to read into and
+/// one frame waiting for room in the tunnel's queue.
+pub const READ_BATCH: usize = 2;
+/// Payloads from the tunnel one write to a local socket may carry (`writev`).
+pub const WRITE_BATCH: usize = 4;
 /// How long one write to a local application may block before the
 /// connection is considered stalled and closed.
 pub const LOCAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +77,14 @@ impl LocalStream {
         }
     }
 
+    /// Bytes that arrived and are not read yet.
+    fn readable(&self) -> io::Result<usize> {
+        match self {
+            LocalStream::Tcp(s) => crate::sockets::readable_bytes(s),
+            LocalStream::Unix(s) => crate::sockets::readable_bytes(s),
+        }
+    }
+
     fn prepare(&self) -> io::Result<()> {
         match self {
             LocalStream::Tcp(s) => {
@@ -85,6 +104,13 @@ impl Read for &LocalStream {
             LocalStream::Unix(s) => (&*s).read(buf),
         }
     }
+
+    fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        match self {
+            LocalStream::Tcp(s) => (&*s).read_vectored(bufs),
+            LocalStream::Unix(s) => (&*s).read_vectored(bufs),
+        }
+    }
 }
 
 impl Write for &LocalStream {
@@ -92,6 +118,13 @@ impl Write for &LocalStream {
         match self {
             LocalStream::Tcp(s) => (&*s).write(buf),
             LocalStream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            LocalStream::Tcp(s) => (&*s).write_vectored(bufs),
+            LocalStream::Unix(s) => (&*s).write_vectored(bufs),
         }
     }
 
@@ -221,11 +254,13 @@ impl Drop for ConnStats {
 /// What the read half needs to speak for its connection.
 pub struct ReadHalf {
     /// The tunnel writer's data channel (framed bytes).
-    pub to_tunnel: Sender<Vec<u8>>,
+    pub to_tunnel: Sender<Bytes>,
     /// The ids every DATA message of this connection carries.
     pub ids: WireIds,
     /// Bytes read from the local socket at once (at most max_payload_size).
     pub read_size: usize,
+    /// Buffers for full-size reads, back once the frame is encrypted.
+    pub pool: BufferPool,
     /// Called once when the local side ends (EOF or error).
     pub on_closed: Box<dyn FnOnce() + Send>,
 }
@@ -239,6 +274,8 @@ pub struct WriteHalf {
     pub from_tunnel: Receiver<Vec<u8>>,
     /// A payload already taken off the channel (while connecting).
     pub first: Option<Vec<u8>>,
+    /// Where written payloads' buffers go back to (those of its size).
+    pub pool: BufferPool,
     /// Watches for a tunnel side that never answers: called when nothing
     /// came from the tunnel for the duration; returns how much longer to
     /// wait before calling again, or `None` to stop watching.
@@ -325,20 +362,26 @@ impl Conn {
 }
 
 fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
-    let write = |sock: &mut &LocalStream, chunk: &[u8]| match sock.write_all(chunk) {
-        Ok(()) => {
-            stats
-                .from_tunnel
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            true
-        }
-        Err(e) => {
-            log::debug!("{}: local write failed: {e}", stats.label);
-            false
-        }
-    };
+    let pool = half.pool;
+    // Payloads written with one system call: what is queued, up to a few.
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(WRITE_BATCH);
+    let write =
+        |sock: &mut &LocalStream, batch: &mut Vec<Vec<u8>>| match write_all_vectored(sock, batch) {
+            Ok(n) => {
+                stats.from_tunnel.fetch_add(n as u64, Ordering::Relaxed);
+                for chunk in batch.drain(..) {
+                    pool.give(chunk);
+                }
+                true
+            }
+            Err(e) => {
+                log::debug!("{}: local write failed: {e}", stats.label);
+                false
+            }
+        };
     if let Some(chunk) = half.first {
-        if !write(&mut sock, &chunk) {
+        batch.push(chunk);
+        if !write(&mut sock, &mut batch) {
             return;
         }
     }
@@ -347,7 +390,9 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
         loop {
             match rx.recv_timeout(after) {
                 Ok(chunk) => {
-                    if !write(&mut sock, &chunk) {
+                    batch.push(chunk);
+                    gather(&rx, &mut batch);
+                    if !write(&mut sock, &mut batch) {
                         return;
                     }
                     break;
@@ -364,50 +409,241 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
     }
     // Ends when the senders are gone and everything queued is written.
     for chunk in rx.iter() {
-        if !write(&mut sock, &chunk) {
+        batch.push(chunk);
+        gather(&rx, &mut batch);
+        if !write(&mut sock, &mut batch) {
             return;
+        }
+    }
+}
+
+/// Adds what is already queued to `batch`, up to [`WRITE_BATCH`] payloads.
+fn gather(rx: &Receiver<Vec<u8>>, batch: &mut Vec<Vec<u8>>) {
+    while batch.len() < WRITE_BATCH {
+        match rx.try_recv() {
+            Ok(chunk) => batch.push(chunk),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Writes all of `chunks`, in order, with as few system calls as the socket
+/// allows (`writev`); returns the bytes written.
+fn write_all_vectored(sock: &mut &LocalStream, chunks: &[Vec<u8>]) -> io::Result<usize> {
+    let total = chunks.iter().map(Vec::len).sum();
+    let (mut idx, mut off) = (0, 0);
+    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(chunks.len());
+    while idx < chunks.len() {
+        if off == chunks[idx].len() {
+            idx += 1;
+            off = 0;
+            continue;
+        }
+        slices.clear();
+        slices.push(io::IoSlice::new(&chunks[idx][off..]));
+        slices.extend(chunks[idx + 1..].iter().map(|c| io::IoSlice::new(c)));
+        let mut n = match sock.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while n > 0 {
+            let step = n.min(chunks[idx].len() - off);
+            off += step;
+            n -= step;
+            if off == chunks[idx].len() && n > 0 {
+                idx += 1;
+                off = 0;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Reads and drops what the application sends until it closes its end or
+/// the socket is shut down.
+fn drain(mut sock: &LocalStream) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    loop {
+        match sock.read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }
 
 fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: &AtomicBool) {
     let full = half.read_size.max(1);
-    let mut buf = vec![0u8; INITIAL_READ_BUFFER.min(full)];
     let ids = &half.ids;
+    let framer = match DataFramer::new(ids.stream_id, &ids.service_id, ids.connection_id, full) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("{}: cannot frame local data: {e}", stats.label);
+            (half.on_closed)();
+            return;
+        }
+    };
+    // A payload is read to `off`, leaving room for the fields before it.
+    let off = framer.payload_offset();
+    let pool = &half.pool;
+    let pooled = framer.buffer_len() <= pool.size();
+    let mut size = INITIAL_READ_BUFFER.min(full);
+    // Reused for reads of up to `size` bytes until bulk reads use the pool.
+    let mut own: Vec<u8> = Vec::new();
+    // Pooled buffers for the next read, and how many it uses: one for a
+    // read that may wait (so an idle connection holds one buffer), after a
+    // read that filled them all as many as the bytes already there need.
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    let mut want = 1;
     loop {
-        let n = match sock.read(&mut buf) {
-            Ok(0) => break,
-            // The tunnel side is done: drop what the application still sends.
-            Ok(_) if closed.load(Ordering::SeqCst) => continue,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        if size == full && pooled {
+            while bufs.len() > want {
+                if let Some(b) = bufs.pop() {
+                    pool.give(b);
+                }
+            }
+            while bufs.len() < want {
+                bufs.push(pool.take());
+            }
+            let read = {
+                let mut slices: Vec<io::IoSliceMut<'_>> = bufs
+                    .iter_mut()
+                    .map(|b| io::IoSliceMut::new(&mut b[off..off + full]))
+                    .collect();
+                sock.read_vectored(&mut slices)
+            };
+            let n = match read {
+                Ok(n) if n > 0 && !closed.load(Ordering::SeqCst) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("{}: local read ended: {e}", stats.label);
+                    break;
+                }
+                // The write half is done: drop what the application still
+                // sends until it closes (see [`Conn`]).
+                Ok(n) if n > 0 => {
+                    drain(sock);
+                    break;
+                }
+                Ok(_) => break,
+            };
+            let used = n.div_ceil(full);
+            want = if used == bufs.len() && n % full == 0 {
+                // More may be there already: read it all at once.
+                sock.readable()
+                    .unwrap_or(0)
+                    .div_ceil(full)
+                    .clamp(1, READ_BATCH)
+            } else {
+                1
+            };
+            let mut left = n;
+            let mut gone = false;
+            for mut buf in bufs.drain(..used) {
+                let k = left.min(full);
+                left -= k;
+                // The buffer travels as the frame and comes back to the
+                // pool once the writer has encrypted it.
+                let frame = framer.seal(&mut buf, k);
+                if half.to_tunnel.send(pool.lend(buf, frame)).is_err() {
+                    gone = true;
+                    break;
+                }
+            }
+            if gone {
+                // The tunnel connection is gone; the session closes us.
+                break;
+            }
+            if stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed) == 0 {
+                let _ = stats.first_sent.set(Instant::now());
+            }
+            continue;
+        }
+        let mut buf = std::mem::take(&mut own);
+        // Room for the payload and the fields after it.
+        let len = framer.buffer_len() - full + size;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let read = sock.read(&mut buf[off..off + size]);
+        let n = match read {
+            Ok(n) if n > 0 && !closed.load(Ordering::SeqCst) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                own = buf;
+                continue;
+            }
             Err(e) => {
                 log::debug!("{}: local read ended: {e}", stats.label);
                 break;
             }
+            // The write half is done: drop what the application still sends
+            // until it closes (see [`Conn`]).
+            Ok(n) if n > 0 => {
+                drain(sock);
+                break;
+            }
+            Ok(_) => break,
         };
-        let msg = message(
-            MessageType::DATA,
-            ids.stream_id,
-            &ids.service_id,
-            ids.connection_id,
-            &buf[..n],
-        );
-        let mut frame = Vec::with_capacity(n + 32);
-        if let Err(e) = encode_frame(&msg, &mut frame) {
-            log::error!("{}: cannot frame local data: {e}", stats.label);
-            break;
-        }
+        let frame = framer.seal(&mut buf, n);
+        let frame = Bytes::copy_from_slice(&buf[frame]);
+        own = buf;
         if half.to_tunnel.send(frame).is_err() {
-            // The tunnel connection is gone; the session closes us.
             break;
         }
         if stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed) == 0 {
             let _ = stats.first_sent.set(Instant::now());
         }
-        if n == buf.len() && buf.len() < full {
-            buf = vec![0u8; full];
+        if n == size && size < full {
+            // A read filled the small buffer: a bulk transfer, read in full.
+            size = full;
+            if pooled {
+                own = Vec::new();
+            }
         }
     }
+    for b in bufs {
+        pool.give(b);
+    }
     (half.on_closed)();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectored_writes_deliver_every_byte_in_order_through_partial_writes() {
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        // Far more than a socket buffer holds: writev returns partial counts.
+        let chunks: Vec<Vec<u8>> = (0..6u8)
+            .map(|i| (0..300_000u32).map(|j| (j as u8) ^ i).collect())
+            .collect();
+        let want: Vec<u8> = chunks.concat();
+        let reader = thread::spawn(move || {
+            let mut b = b;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 7000];
+            loop {
+                match b.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            got
+        });
+        let sock = LocalStream::Unix(a);
+        let mut w = &sock;
+        let mut empty = chunks.clone();
+        empty.insert(2, Vec::new());
+        assert_eq!(
+            write_all_vectored(&mut w, &empty).expect("written"),
+            want.len()
+        );
+        sock.shutdown(Shutdown::Write);
+        assert!(reader.join().expect("reader") == want, "bytes differ");
+    }
 }

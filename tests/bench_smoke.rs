@@ -49,7 +49,20 @@ fn every_figure_of_the_benchmark_is_produced() {
     }
     // CPU time may round to zero ticks with tiny sizes, but is never negative.
     for who in ["source", "destination", "service"] {
-        let f = report.get(&format!("cpu_per_gib_{who}")).expect("cpu row");
+        for dir in ["up", "down"] {
+            let f = report
+                .get(&format!("cpu_per_gib_{who}_{dir}"))
+                .expect("cpu row");
+            assert!(f.samples.iter().all(|v| v.is_finite() && *v >= 0.0));
+        }
+        let f = report.get(&format!("anon_idle_{who}")).expect("anon row");
+        assert!(f.samples.iter().all(|v| v.is_finite() && *v > 0.0));
+    }
+    // Memory per connection may round to nothing, but is a number.
+    for who in ["source", "destination"] {
+        let f = report
+            .get(&format!("mem_per_conn_{who}"))
+            .expect("per-connection row");
         assert!(f.samples.iter().all(|v| v.is_finite() && *v >= 0.0));
     }
     // Every connection of the scale run came back intact.

@@ -526,6 +526,46 @@ fn a_certificate_that_does_not_verify_is_refused_once_with_exit_2() {
 }
 
 #[test]
+fn system_roots_come_from_ssl_cert_dir_and_ssl_cert_file() {
+    let _w = watchdog("system_roots", Duration::from_secs(90));
+    let service = Service::start(&[]);
+    // A tunnel for each run: a destination token is bound to its first
+    // connection's client token.
+    let start = |env: &[(&str, &str)]| {
+        proxy_with(
+            service.port(),
+            None,
+            &service.open(&["SSH1"]).destination_token,
+            &["-d", "SSH1=22"],
+            "dst",
+            env,
+            &fast_settings(),
+        )
+    };
+    let dir = service.ca_dir.to_str().expect("utf-8");
+    let pem = service.ca_dir.join("tunnel-service.pem");
+    let pem = pem.to_str().expect("utf-8");
+    // The service's CA directory is hashed: looked up there, without -c.
+    let p = start(&[("SSL_CERT_DIR", dir)]);
+    p.stderr.wait_for(CONNECTED, SECS_20);
+    drop(p);
+    // A bundle named by SSL_CERT_FILE is read, whatever the directory.
+    let empty = temp_dir("no-hashes");
+    let empty_s = empty.to_str().expect("utf-8");
+    let p = start(&[("SSL_CERT_DIR", empty_s), ("SSL_CERT_FILE", pem)]);
+    p.stderr.wait_for(CONNECTED, SECS_20);
+    drop(p);
+    // An unhashed directory alone trusts nothing of ours (the built-in
+    // bundle, read instead, does not know the service's CA): refused.
+    let mut p = start(&[("SSL_CERT_DIR", empty_s)]);
+    let code = p.wait_exit(SECS_20);
+    let err = p.final_stderr();
+    assert_eq!(code, 2, "refused:\n{err}");
+    assert!(err.contains("certificate verification failed"), "{err}");
+    let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[test]
 fn protocol_error_with_reconnect_on_data_error_false_exits_5() {
     let _w = watchdog("data_error", Duration::from_secs(60));
     let service = Service::start(&[]);

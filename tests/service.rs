@@ -436,9 +436,10 @@ fn relays_frames_between_source_and_destination() {
         e => panic!("{e:?}"),
     }
     // Pings are answered.
-    s.send(WsMessage::Ping(b"p1".to_vec())).expect("ping");
+    s.send(WsMessage::Ping(b"p1".to_vec().into()))
+        .expect("ping");
     match s.read().expect("pong") {
-        WsMessage::Pong(p) => assert_eq!(p, b"p1"),
+        WsMessage::Pong(p) => assert_eq!(&p[..], b"p1"),
         m => panic!("unexpected {m:?}"),
     }
     // The destination goes away: the source gets a reset of its stream.
@@ -512,7 +513,7 @@ fn rule_violations_close_the_client() {
             e => panic!("{e:?}"),
         }
         // The service may close before it read all of an oversized frame.
-        let _ = ws.send(WsMessage::Binary(bytes));
+        let _ = ws.send(WsMessage::Binary(bytes.into()));
         let (c, r) = expect_close(&mut ws);
         assert_eq!(c, code, "{reason}: {r}");
         assert!(r.contains(reason), "{r:?} lacks {reason:?}");

@@ -137,7 +137,7 @@ fn send_until_blocked(ws: &mut Ws, limit: usize) -> usize {
     let chunk = frames(&[message(MessageType::DATA, 1, "SSH1", 1, &[7u8; 60_000])]);
     let mut sent = 0;
     while sent < limit {
-        if ws.send(WsMessage::Binary(chunk.clone())).is_err() {
+        if ws.send(WsMessage::Binary(chunk.clone().into())).is_err() {
             return sent;
         }
         sent += chunk.len();
@@ -190,7 +190,8 @@ fn silence_stops_reading_and_writing_a_connection_until_it_is_replaced() {
             message(MessageType::DATA, 1, "SSH1", 1, b"held"),
         ]),
     );
-    d.send(WsMessage::Ping(b"p".to_vec())).expect("ping sent");
+    d.send(WsMessage::Ping(b"p".to_vec().into()))
+        .expect("ping sent");
     quiet_for(&mut d, 500);
     assert_eq!(
         svc.describe(&id)["destinationConnectionState"]["status"],

@@ -232,7 +232,7 @@ fn a_client_that_floods_without_reading_is_no_longer_read() {
     let mut sent = 0usize;
     let cap = 400usize << 20;
     while sent < cap {
-        match s.send(WsMessage::Binary(chunk.clone())) {
+        match s.send(WsMessage::Binary(chunk.clone().into())) {
             Ok(()) => sent += chunk.len(),
             Err(_) => break,
         }

@@ -224,11 +224,9 @@ fn ws_accept(
             }
         }
     };
-    let config = WebSocketConfig {
-        max_message_size: Some(64 << 20),
-        max_frame_size: Some(64 << 20),
-        ..WebSocketConfig::default()
-    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
     tungstenite::accept_hdr_with_config(s, cb, Some(config)).ok()
 }
 
@@ -317,8 +315,11 @@ fn handshake_sends_tokens_and_reports_channel_and_subprotocol() {
     with_deadline(20, || {
         let (port, seen) = spawn_ws_server(|mut ws| {
             // Sent at once: may arrive in the same read as the 101.
-            ws.send(Message::Binary(b"hello".to_vec())).unwrap();
-            assert_eq!(ws.read().unwrap(), Message::Binary(b"from client".to_vec()));
+            ws.send(Message::Binary(b"hello".to_vec().into())).unwrap();
+            assert_eq!(
+                ws.read().unwrap(),
+                Message::Binary(b"from client".to_vec().into())
+            );
         });
         let conn = Client::new(port).connect().expect("connect");
         assert_eq!(conn.channel_id(), Some("chan-42"));
@@ -340,7 +341,10 @@ fn handshake_sends_tokens_and_reports_channel_and_subprotocol() {
             .starts_with("localproxy-rs/"));
         assert_no_secrets(&format!("{conn:?}"));
         let (mut r, mut w) = conn.split();
-        assert_eq!(r.read().unwrap(), Incoming::Binary(b"hello".to_vec()));
+        assert_eq!(
+            r.read().unwrap(),
+            Incoming::Binary(b"hello".to_vec().into())
+        );
         w.send_binary(b"from client").unwrap();
         // Trace was on: the redacted request was logged, no token anywhere.
         let logs = TRANSPORT_LOGS.lock().unwrap().join("\n");
@@ -461,23 +465,26 @@ fn close_from_client_is_answered() {
 fn server_ping_gets_exactly_one_pong_and_client_ping_gets_pong() {
     with_deadline(20, || {
         let (port, _seen) = spawn_ws_server(|mut ws| {
-            ws.send(Message::Ping(b"hb".to_vec())).unwrap();
-            assert_eq!(ws.read().unwrap(), Message::Pong(b"hb".to_vec()));
-            ws.send(Message::Binary(b"after".to_vec())).unwrap();
+            ws.send(Message::Ping(b"hb".to_vec().into())).unwrap();
+            assert_eq!(ws.read().unwrap(), Message::Pong(b"hb".to_vec().into()));
+            ws.send(Message::Binary(b"after".to_vec().into())).unwrap();
             // The next thing must be the client's data, not a second pong.
-            assert_eq!(ws.read().unwrap(), Message::Binary(b"done".to_vec()));
-            assert_eq!(ws.read().unwrap(), Message::Ping(b"cp".to_vec()));
+            assert_eq!(ws.read().unwrap(), Message::Binary(b"done".to_vec().into()));
+            assert_eq!(ws.read().unwrap(), Message::Ping(b"cp".to_vec().into()));
             ws.flush().unwrap();
-            assert_eq!(ws.read().unwrap(), Message::Binary(b"end".to_vec()));
+            assert_eq!(ws.read().unwrap(), Message::Binary(b"end".to_vec().into()));
         });
         let (mut r, mut w) = Client::new(port).connect().unwrap().split();
         assert_eq!(r.read().unwrap(), Incoming::Ping);
         w.flush_control().unwrap();
-        assert_eq!(r.read().unwrap(), Incoming::Binary(b"after".to_vec()));
+        assert_eq!(
+            r.read().unwrap(),
+            Incoming::Binary(b"after".to_vec().into())
+        );
         w.flush_control().unwrap();
         w.send_binary(b"done").unwrap();
         w.send_ping(b"cp").unwrap();
-        assert_eq!(r.read().unwrap(), Incoming::Pong(b"cp".to_vec()));
+        assert_eq!(r.read().unwrap(), Incoming::Pong(b"cp".to_vec().into()));
         w.send_binary(b"end").unwrap();
     });
 }
@@ -575,7 +582,7 @@ fn frames_over_max_frame_size_are_errors_both_ways() {
         let (port, _seen) = spawn_ws_server(|mut ws| {
             // The client may hang up as soon as it saw the frame's header,
             // before the rest is written: that send may fail.
-            let _ = ws.send(Message::Binary(vec![7; MAX_FRAME + 1]));
+            let _ = ws.send(Message::Binary(vec![7; MAX_FRAME + 1].into()));
             let _ = ws.read();
         });
         let (mut r, mut w) = Client::new(port).connect().unwrap().split();
@@ -635,13 +642,13 @@ fn host_name_mismatch_is_reported() {
 fn insecure_mode_accepts_an_untrusted_certificate() {
     with_deadline(20, || {
         let (port, _seen) = spawn_ws_server(|mut ws| {
-            ws.send(Message::Binary(b"ok".to_vec())).unwrap();
+            ws.send(Message::Binary(b"ok".to_vec().into())).unwrap();
         });
         let mut c = Client::new(port);
         c.capath = None;
         c.insecure = true;
         let (mut r, _w) = c.connect().expect("-k connects").split();
-        assert_eq!(r.read().unwrap(), Incoming::Binary(b"ok".to_vec()));
+        assert_eq!(r.read().unwrap(), Incoming::Binary(b"ok".to_vec().into()));
     });
 }
 
@@ -675,7 +682,7 @@ fn silence_past_the_limit_is_reported_and_the_reader_can_go_on() {
     with_deadline(20, || {
         let (port, _seen) = spawn_ws_server(|mut ws| {
             let _ = ws.read();
-            ws.send(Message::Binary(b"late".to_vec())).unwrap();
+            ws.send(Message::Binary(b"late".to_vec().into())).unwrap();
             let _ = ws.read();
         });
         let (mut r, mut w) = Client::new(port).connect().unwrap().split();
@@ -687,7 +694,7 @@ fn silence_past_the_limit_is_reported_and_the_reader_can_go_on() {
         }
         r.set_silence_limit(Some(IO_TIMEOUT)).unwrap();
         w.send_binary(b"go").unwrap();
-        assert_eq!(r.read().unwrap(), Incoming::Binary(b"late".to_vec()));
+        assert_eq!(r.read().unwrap(), Incoming::Binary(b"late".to_vec().into()));
     });
 }
 
@@ -700,7 +707,7 @@ fn a_service_that_stops_reading_while_pinging_ends_both_halves() {
         let (port, _seen) = spawn_ws_server(|mut ws| {
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
-                if ws.write(Message::Ping(b"p".to_vec())).is_err() || ws.flush().is_err() {
+                if ws.write(Message::Ping(b"p".to_vec().into())).is_err() || ws.flush().is_err() {
                     break;
                 }
             }
@@ -834,7 +841,7 @@ fn round_trip(conn: Connection) {
     w.send_binary(b"through the proxy").unwrap();
     assert_eq!(
         r.read().unwrap(),
-        Incoming::Binary(b"through the proxy".to_vec())
+        Incoming::Binary(b"through the proxy".to_vec().into())
     );
 }
 
@@ -1005,7 +1012,7 @@ fn https_connect_proxy_carries_tls_inside_tls() {
             }
         });
         for i in 0..50 {
-            assert_eq!(r.read().unwrap(), Incoming::Binary(chunk(i)));
+            assert_eq!(r.read().unwrap(), Incoming::Binary(chunk(i).into()));
         }
         sender.join().unwrap();
     });

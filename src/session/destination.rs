@@ -151,11 +151,12 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         to_tunnel: link.data.clone(),
         ids,
         read_size: shared.read_size(),
+        pool: shared.pool.clone(),
         on_closed: Box::new(move || {
             // Sent on the data channel, after the connection's last DATA.
             let frame = me.lock().machine.local_closed(&key);
             if let Some(frame) = frame {
-                let _ = data.send(frame);
+                let _ = data.send(frame.into());
             }
         }),
     };
@@ -165,6 +166,7 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
     conn.run_write(WriteHalf {
         from_tunnel: rx,
         first,
+        pool: shared.pool.clone(),
         on_silence: None,
     });
 }

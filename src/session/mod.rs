@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
+use crate::buffers::BufferPool;
 use crate::config::{Config, Mode};
 use crate::frame::FrameError;
 use crate::logging::Limiter;
@@ -49,6 +50,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Payloads waiting to be written to one local application (at most
 /// 32 x max_payload_size, about 2 MiB per connection).
 const LOCAL_QUEUE: usize = 32;
+/// Spare data buffers kept for reuse (see [`crate::buffers`]): at most
+/// 32 x 64.8 KiB, about 2 MiB, and only once traffic has used them.
+const POOL_DEPTH: usize = 32;
+/// Size of a pooled buffer: the largest DATA frame (the largest payload and
+/// its fields, a 128-byte service id included) with room to spare.
+const POOL_BUFFER: usize = crate::protocol::MAX_PAYLOAD_SIZE + 256;
 
 /// Why the proxy stopped, with its exit status. `Display` says what this
 /// layer knows; the cause, if any, is the error's `source()`.
@@ -374,6 +381,8 @@ struct Shared {
     state: Mutex<State>,
     /// Rate limit of the log lines peer input can trigger.
     limiter: Limiter,
+    /// Data buffers recycled between local connections and the tunnel.
+    pool: BufferPool,
 }
 
 impl Shared {
@@ -391,6 +400,7 @@ impl Shared {
                 link: None,
             }),
             limiter: Limiter::new(Note::CATEGORIES + 2),
+            pool: BufferPool::new(POOL_DEPTH, POOL_BUFFER),
         }
     }
 

@@ -67,13 +67,7 @@ pub(super) fn serve(
     }
     let shutdown = ws_writer.shutdown_handle();
     let (link, inputs) = writer::channels();
-    let writer_thread = match writer::spawn(
-        ws_writer,
-        inputs,
-        ping,
-        settings.max_frame_size,
-        shutdown.clone(),
-    ) {
+    let writer_thread = match writer::spawn(ws_writer, inputs, ping, shutdown.clone()) {
         Ok(t) => t,
         Err(e) => return (End::Lost(TunnelError::Thread(e)), false),
     };
@@ -226,7 +220,17 @@ fn dispatch(shared: &Arc<Shared>, link: &Link, d: Decoded<'_>) -> Result<(), Fai
     });
     match step {
         Step::Note(note) => shared.note(&note),
-        Step::Deliver { key, to } => deliver(shared, link, key, to, msg.payload.to_vec()),
+        Step::Deliver { key, to } => {
+            let payload = if msg.payload.len() >= shared.pool.size() / 4 {
+                // A bulk payload: into a recycled buffer.
+                let mut buf = shared.pool.take_empty();
+                buf.extend_from_slice(&msg.payload);
+                buf
+            } else {
+                msg.payload.to_vec()
+            };
+            deliver(shared, link, key, to, payload)
+        }
         Step::Connect {
             open,
             replaced,

@@ -106,7 +106,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         key.conn_id,
         acc.opening.message_type()
     );
-    if link.data.send(acc.frame).is_err() {
+    if link.data.send(acc.frame.into()).is_err() {
         // The tunnel connection ended meanwhile; its end closed the table.
         return;
     }
@@ -124,7 +124,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         log::error!("Cannot start a local connection: {e}; resetting it");
         let frame = shared.lock().machine.local_closed(&key);
         if let Some(frame) = frame {
-            let _ = link.data.send(frame);
+            let _ = link.data.send(frame.into());
         }
     };
     let mut conn = match Conn::new(stream.clone(), stats.clone()) {
@@ -136,11 +136,12 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         to_tunnel: link.data.clone(),
         ids: acc.ids,
         read_size: shared.read_size(),
+        pool: shared.pool.clone(),
         on_closed: Box::new(move || {
             // Sent on the data channel, after the connection's last DATA.
             let frame = me.lock().machine.local_closed(&key);
             if let Some(frame) = frame {
-                let _ = data.send(frame);
+                let _ = data.send(frame.into());
             }
         }),
     };
@@ -151,6 +152,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
     let write = WriteHalf {
         from_tunnel: rx,
         first: None,
+        pool: shared.pool.clone(),
         on_silence,
     };
     if let Err(e) = conn.spawn_write(write) {

@@ -2,9 +2,10 @@
 //!
 //! It takes frames from two bounded channels: data (DATA frames, and the
 //! starts and resets that must stay in order with them) and control (resets
-//! the reader answers with, close frames), packs queued frames into
-//! WebSocket messages of up to `max_frame_size` bytes, flushes the pongs the
-//! reader queued, and pings every `ping_period`. Every channel is bounded, so
+//! the reader answers with, close frames), sends each queued frame as a
+//! WebSocket message of its own, up to [`WRITE_GROUP`] bytes of them per
+//! write to the socket, flushes the pongs the reader queued, and pings every
+//! `ping_period`. Every channel is bounded, so
 //! a service that stops reading makes the senders wait (local reads pause,
 //! the reader stops reading the service) instead of memory growing; the
 //! WebSocket's stall limit then ends the connection.
@@ -13,6 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
+use tungstenite::Bytes;
 
 use crate::transport::{self, ShutdownHandle, WsWriter};
 
@@ -21,6 +23,10 @@ use crate::transport::{self, ShutdownHandle, WsWriter};
 pub(super) const DATA_QUEUE: usize = 64;
 /// Control frames waiting for the writer (each under 200 bytes).
 const CONTROL_QUEUE: usize = 64;
+/// Frames sent with one write to the socket, in bytes at most (one frame
+/// more if a single one is larger): fewer system calls, each carrying about
+/// four largest DATA frames of ciphertext.
+pub(super) const WRITE_GROUP: usize = 256 * 1024;
 /// Stack of the writer thread.
 const WRITER_STACK: usize = 256 * 1024;
 
@@ -38,7 +44,7 @@ pub(super) enum Control {
 #[derive(Clone)]
 pub(super) struct Link {
     /// DATA frames, and the starts and resets ordered with them.
-    pub data: Sender<Vec<u8>>,
+    pub data: Sender<Bytes>,
     /// Frames whose order against data does not matter, and close frames.
     pub control: Sender<Control>,
     /// "The reader queued a reply (pong, close reply): send it." Holds one
@@ -61,7 +67,7 @@ impl Link {
 
 /// The writer's ends of a [`Link`].
 pub(super) struct Inputs {
-    data: Receiver<Vec<u8>>,
+    data: Receiver<Bytes>,
     control: Receiver<Control>,
     flush: Receiver<()>,
 }
@@ -90,13 +96,12 @@ pub(super) fn spawn(
     ws: WsWriter,
     inputs: Inputs,
     ping_period: Duration,
-    max_frame: usize,
     shutdown: ShutdownHandle,
 ) -> std::io::Result<thread::JoinHandle<Option<transport::TransportError>>> {
     thread::Builder::new()
         .name("tunnel-write".into())
         .stack_size(WRITER_STACK)
-        .spawn(move || write_loop(ws, inputs, ping_period, max_frame, shutdown))
+        .spawn(move || write_loop(ws, inputs, ping_period, shutdown))
 }
 
 /// Process-wide origin of ping timestamps.
@@ -119,7 +124,6 @@ fn write_loop(
     mut ws: WsWriter,
     inputs: Inputs,
     ping_period: Duration,
-    max_frame: usize,
     shutdown: ShutdownHandle,
 ) -> Option<transport::TransportError> {
     let ticker = tick(ping_period);
@@ -138,7 +142,7 @@ fn write_loop(
                 },
                 recv(flush) -> _ => ws.flush_control()?,
                 recv(data) -> d => match d {
-                    Ok(first) => send_batch(&mut ws, first, &data, max_frame)?,
+                    Ok(first) => send_batch(&mut ws, first, &data)?,
                     Err(_) => return Ok(()),
                 },
                 recv(ticker) -> _ => {
@@ -155,28 +159,26 @@ fn write_loop(
     Some(e)
 }
 
-/// Sends `first` and whatever else is queued, packed into WebSocket
-/// messages of at most `max_frame` bytes (frames may share a message). The
-/// frames' buffers are handed to the WebSocket without another copy; a
-/// batch grows in place, reserving room for a whole message once.
+/// Sends `first` and whatever else is queued, each frame a WebSocket
+/// message of its own (its buffer is encrypted where it lies: no copy to
+/// pack frames together), up to [`WRITE_GROUP`] bytes per socket write.
 fn send_batch(
     ws: &mut WsWriter,
-    first: Vec<u8>,
-    data: &Receiver<Vec<u8>>,
-    max_frame: usize,
+    first: Bytes,
+    data: &Receiver<Bytes>,
 ) -> Result<(), transport::TransportError> {
-    let mut batch = first;
+    let mut batch = Vec::with_capacity(4);
+    let mut bytes = first.len();
+    batch.push(first);
     // Bound the work per call so control messages are not starved.
     for _ in 0..DATA_QUEUE {
         let Ok(next) = data.try_recv() else { break };
-        if batch.len() + next.len() > max_frame {
-            ws.send_binary_owned(std::mem::replace(&mut batch, next))?;
-        } else {
-            if batch.capacity() < batch.len() + next.len() {
-                batch.reserve(max_frame - batch.len());
-            }
-            batch.extend_from_slice(&next);
+        if bytes + next.len() > WRITE_GROUP {
+            ws.send_frames(&mut batch)?;
+            bytes = 0;
         }
+        bytes += next.len();
+        batch.push(next);
     }
-    ws.send_binary_owned(batch)
+    ws.send_frames(&mut batch)
 }

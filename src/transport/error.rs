@@ -338,7 +338,7 @@ impl From<tungstenite::Error> for TransportError {
                     max: max_size,
                 }
             }
-            E::Utf8 => TransportError::TextFrame { len: 0 },
+            E::Utf8(_) => TransportError::TextFrame { len: 0 },
             other => TransportError::Protocol(other.to_string()),
         }
     }

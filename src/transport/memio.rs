@@ -7,7 +7,6 @@
 //! ciphertext as its plaintext; [`push_inbound`] and [`take_outbound`] move
 //! bytes through both.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Instant;
@@ -17,17 +16,77 @@ use openssl::ssl::SslStream;
 /// Bytes to and from the socket, buffered; reading an empty buffer is `WouldBlock`.
 #[derive(Debug, Default)]
 pub(crate) struct MemIo {
-    inbound: VecDeque<u8>,
+    inbound: Inbound,
     outbound: Vec<u8>,
     eof: bool,
 }
 
+/// Received bytes not yet read by OpenSSL: `buf[start..end]`. The whole of
+/// `buf` is initialized, so a buffer the socket was read into can be put in
+/// place as it is ([`swap_received`]) instead of being copied.
+#[derive(Debug, Default)]
+struct Inbound {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbound {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Makes room for `more` bytes after `end`.
+    fn reserve(&mut self, more: usize) {
+        if self.is_empty() {
+            self.start = 0;
+            self.end = 0;
+        }
+        if self.end + more > self.buf.len() {
+            // Move what is left to the front, and grow if that is not enough.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end + more > self.buf.len() {
+                self.buf.resize(self.end + more, 0);
+            }
+        }
+    }
+
+    fn extend(&mut self, data: &[u8]) {
+        self.reserve(data.len());
+        self.buf[self.end..self.end + data.len()].copy_from_slice(data);
+        self.end += data.len();
+    }
+
+    /// Reads at most `max` bytes from `r` straight in.
+    fn read_from(&mut self, r: &mut impl Read, max: usize) -> io::Result<usize> {
+        self.reserve(max);
+        let n = r.read(&mut self.buf[self.end..self.end + max])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    fn read(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        n
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.start..self.end].to_vec();
+        self.start = 0;
+        self.end = 0;
+        rest
+    }
+}
+
 impl MemIo {
     pub(crate) fn with_inbound(data: &[u8]) -> Self {
-        MemIo {
-            inbound: data.iter().copied().collect(),
-            ..MemIo::default()
-        }
+        let mut m = MemIo::default();
+        m.inbound.extend(data);
+        m
     }
 
     /// Bytes produced for the socket and not taken yet.
@@ -37,7 +96,7 @@ impl MemIo {
 
     /// Bytes received and not yet consumed.
     pub(crate) fn take_inbound(&mut self) -> Vec<u8> {
-        self.inbound.drain(..).collect()
+        self.inbound.take()
     }
 }
 
@@ -49,7 +108,7 @@ impl Read for MemIo {
             }
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        self.inbound.read(buf)
+        Ok(self.inbound.read(buf))
     }
 }
 
@@ -61,6 +120,42 @@ impl Write for MemIo {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The TLS layer as the WebSocket sees it once connected.
+///
+/// Its writes land in memory and never block, so a write takes the whole
+/// buffer: tungstenite then drops what it handed over in one go. With
+/// `SslStream`'s own `write`, which stops after each 16 KiB TLS record,
+/// tungstenite moved the rest of a message down after every record, which
+/// copied a 128 KiB message about four more times.
+pub(crate) struct TlsIo(pub(crate) SslStream<MemIo>);
+
+impl TlsIo {
+    pub(crate) fn mem(&self) -> &MemIo {
+        self.0.get_ref()
+    }
+
+    pub(crate) fn mem_mut(&mut self) -> &mut MemIo {
+        self.0.get_mut()
+    }
+}
+
+impl Read for TlsIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for TlsIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 
@@ -84,16 +179,18 @@ impl HasMemIo for SslStream<MemIo> {
 /// The optional outer TLS layer (to an `https://` web proxy).
 pub(crate) type Outer = Option<SslStream<MemIo>>;
 
+/// Bytes read from the socket (or the outer layer) at once while connecting.
+const CHUNK: usize = 16 * 1024;
+
 /// Decrypts what the outer layer has buffered into `inner`'s inbound bytes.
 fn drain_outer(outer: &mut SslStream<MemIo>, inner: &mut MemIo) -> io::Result<()> {
-    let mut buf = [0u8; 16 * 1024];
     loop {
-        match outer.read(&mut buf) {
+        match inner.inbound.read_from(outer, CHUNK) {
             Ok(0) => {
                 inner.eof = true;
                 return Ok(());
             }
-            Ok(n) => inner.inbound.extend(&buf[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(e),
         }
@@ -112,6 +209,25 @@ pub(crate) fn push_inbound(outer: &mut Outer, inner: &mut MemIo, data: &[u8]) ->
             drain_outer(o, inner)
         }
     }
+}
+
+/// Feeds `buf[..n]`, just read from the socket, in. Without an outer layer
+/// and with nothing left over, `buf` itself becomes the inbound buffer and
+/// the previous one (all of it consumed) comes back in `buf` for the next
+/// read: no copy. Otherwise the bytes are copied in.
+pub(crate) fn swap_received(
+    outer: &mut Outer,
+    inner: &mut MemIo,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<()> {
+    if outer.is_none() && inner.inbound.is_empty() {
+        std::mem::swap(&mut inner.inbound.buf, buf);
+        inner.inbound.start = 0;
+        inner.inbound.end = n;
+        return Ok(());
+    }
+    push_inbound(outer, inner, &buf[..n])
 }
 
 /// Records that the socket reached end of file.
@@ -195,19 +311,23 @@ impl Pump<'_> {
     /// Blocks for the next bytes from the socket and feeds them in.
     pub(crate) fn fill(&self, outer: &mut Outer, inner: &mut MemIo) -> io::Result<()> {
         self.sock.set_read_timeout(Some(self.remaining()?))?;
-        let mut buf = [0u8; 16 * 1024];
         let mut sock = self.sock;
-        let n = match sock.read(&mut buf) {
+        // Straight into the bottom layer's input.
+        let bottom = match outer {
+            Some(o) => o.get_mut(),
+            None => &mut *inner,
+        };
+        let n = match bottom.inbound.read_from(&mut sock, CHUNK) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, e))
             }
             Err(e) => return Err(e),
         };
-        if n == 0 {
-            push_eof(outer, inner)
-        } else {
-            push_inbound(outer, inner, &buf[..n])
+        match (n, outer) {
+            (0, outer) => push_eof(outer, inner),
+            (_, Some(o)) => drain_outer(o, inner),
+            (_, None) => Ok(()),
         }
     }
 
@@ -255,6 +375,10 @@ mod tests {
         );
         m.inbound.extend(b"ab");
         assert_eq!(m.read(&mut buf).unwrap(), 2);
+        assert_eq!(
+            m.read(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         m.eof = true;
         assert_eq!(m.read(&mut buf).unwrap(), 0);
     }
@@ -268,5 +392,34 @@ mod tests {
         assert!(take_outbound(&mut outer, &mut m).unwrap().is_empty());
         push_inbound(&mut outer, &mut m, b"xy").unwrap();
         assert_eq!(m.take_inbound(), b"xy");
+    }
+
+    #[test]
+    fn received_buffers_are_swapped_in_when_all_was_read() {
+        let mut m = MemIo::with_inbound(b"abc");
+        let mut outer: Outer = None;
+        let mut buf = b"defg".to_vec();
+        // "abc" not read yet: copied in behind it.
+        swap_received(&mut outer, &mut m, &mut buf, 2).unwrap();
+        assert_eq!(buf, b"defg", "kept for the next read");
+        let mut out = [0u8; 8];
+        assert_eq!(m.read(&mut out).unwrap(), 5);
+        assert_eq!(&out[..5], b"abcde");
+        // All read: swapped in, the old buffer comes back.
+        let at = buf.as_ptr();
+        swap_received(&mut outer, &mut m, &mut buf, 3).unwrap();
+        assert_ne!(buf.as_ptr(), at);
+        assert_eq!(m.read(&mut out).unwrap(), 3);
+        assert_eq!(&out[..3], b"def");
+        // Growing, compacting: bytes come out in order.
+        let mut m = MemIo::default();
+        for i in 0..100u8 {
+            m.inbound.extend(&[i; 7]);
+            let mut one = [0u8; 5];
+            assert_eq!(m.read(&mut one).unwrap(), 5);
+        }
+        let rest = m.take_inbound();
+        assert_eq!(rest.len(), 200);
+        assert!(rest.windows(2).all(|w| w[0] <= w[1]));
     }
 }

@@ -32,7 +32,7 @@ use crate::config::{Endpoint, Mode};
 use crate::secret::Secret;
 use handshake::{UpgradeRequest, Verdict};
 use http::{read_head, HeadError};
-use memio::{MemIo, Outer, Pump};
+use memio::{MemIo, Outer, Pump, TlsIo};
 
 /// What [`connect`] needs.
 #[derive(Debug, Clone, Copy)]
@@ -104,15 +104,20 @@ impl Connection {
     }
 }
 
+/// What tungstenite reads at once, and the first size of its read buffer
+/// (it grows to the largest message). One TLS record's plaintext: the
+/// buffer's free part is zeroed before each read, so a larger size would
+/// zero more than a read brings.
+const WS_READ_CHUNK: usize = 16 * 1024;
+
 /// The WebSocket limits for a given `max_frame_size`.
 fn ws_config(max_frame_size: usize) -> WebSocketConfig {
-    WebSocketConfig {
-        max_frame_size: Some(max_frame_size),
-        max_message_size: Some(max_frame_size),
-        write_buffer_size: 0,
-        accept_unmasked_frames: false,
-        ..WebSocketConfig::default()
-    }
+    WebSocketConfig::default()
+        .max_frame_size(Some(max_frame_size))
+        .max_message_size(Some(max_frame_size))
+        .write_buffer_size(0)
+        .read_buffer_size(WS_READ_CHUNK)
+        .accept_unmasked_frames(false)
 }
 
 /// Connects to the service and upgrades to a WebSocket.
@@ -326,7 +331,7 @@ pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
         upgraded.subprotocol
     );
     let ws = WebSocket::from_partially_read(
-        tls,
+        TlsIo(tls),
         tail,
         Role::Client,
         Some(ws_config(opts.max_frame_size)),

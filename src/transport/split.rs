@@ -21,23 +21,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use openssl::ssl::SslStream;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::{Message, WebSocket};
+use tungstenite::{Bytes, Message, WebSocket};
 
 use super::error::TransportError;
-use super::memio::{push_eof, push_inbound, swap_outbound, MemIo, Outer};
+use super::memio::{push_eof, swap_outbound, swap_received, Outer, TlsIo};
 
 /// TLS layers and WebSocket state.
 pub(crate) struct State {
     pub(crate) outer: Outer,
-    pub(crate) ws: WebSocket<SslStream<MemIo>>,
+    pub(crate) ws: WebSocket<TlsIo>,
 }
 
 /// Ciphertext of replies (pongs, close) the reader may leave queued for the
 /// writer before it stops reading.
 pub const REPLY_BACKLOG: usize = 64 * 1024;
+/// The reader's first socket reads; it grows to [`READ_MAX`] the first
+/// time a read fills it, so an idle tunnel keeps small buffers.
+const READ_FIRST: usize = 4 * 1024;
+/// The reader's socket reads during bulk transfers: a few largest messages
+/// per system call.
+const READ_MAX: usize = 256 * 1024;
 /// How long the reader waits for the writer when no stall limit is set.
 const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(60);
 
@@ -77,7 +82,8 @@ pub(crate) fn split(
         WsReader {
             shared: shared.clone(),
             sock: read_sock,
-            buf: vec![0; 64 * 1024],
+            buf: Vec::new(),
+            read_size: READ_FIRST,
             silence: None,
         },
         WsWriter {
@@ -92,12 +98,12 @@ pub(crate) fn split(
 /// One message from the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
-    /// Tunnel bytes.
-    Binary(Vec<u8>),
+    /// Tunnel bytes, as read (no copy of the received data).
+    Binary(Bytes),
     /// A ping; its pong is queued: call [`WsWriter::flush_control`].
     Ping,
     /// A pong to one of our pings, with its payload.
-    Pong(Vec<u8>),
+    Pong(Bytes),
     /// The service closed the WebSocket (code and reason, if given); the
     /// close reply is queued: call [`WsWriter::flush_control`].
     Close(Option<(u16, String)>),
@@ -107,7 +113,11 @@ pub enum Incoming {
 pub struct WsReader {
     shared: Arc<Shared>,
     sock: TcpStream,
+    /// Read into from the socket, then swapped into the TLS layer's input
+    /// (which hands its consumed buffer back): received bytes are not copied
+    /// before OpenSSL reads them.
     buf: Vec<u8>,
+    read_size: usize,
     /// Nothing received for this long ends the connection.
     silence: Option<Duration>,
 }
@@ -134,7 +144,11 @@ impl WsReader {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let n = match self.sock.read(&mut self.buf) {
+            if self.buf.len() < self.read_size {
+                // Zeroed once per buffer and size: two buffers take turns.
+                self.buf.resize(self.read_size, 0);
+            }
+            let n = match self.sock.read(&mut self.buf[..self.read_size]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_timeout(&e) => {
@@ -145,13 +159,16 @@ impl WsReader {
                 Err(e) => return Err(TransportError::Io(e)),
             };
             log::trace!("tunnel socket: read {n} bytes");
+            if n == self.read_size {
+                self.read_size = READ_MAX;
+            }
             let mut st = lock(&self.shared.state)?;
             let State { outer, ws } = &mut *st;
-            let inner = ws.get_mut().get_mut();
+            let inner = ws.get_mut().mem_mut();
             if n == 0 {
                 push_eof(outer, inner)?;
             } else {
-                push_inbound(outer, inner, &self.buf[..n])?;
+                swap_received(outer, inner, &mut self.buf, n)?;
             }
         }
     }
@@ -163,7 +180,7 @@ impl WsReader {
         mut st: MutexGuard<'a, State>,
     ) -> Result<MutexGuard<'a, State>, TransportError> {
         let limit = self.silence.unwrap_or(DEFAULT_DRAIN_WAIT);
-        while st.ws.get_ref().get_ref().outbound_len() > REPLY_BACKLOG {
+        while st.ws.get_ref().mem().outbound_len() > REPLY_BACKLOG {
             if self.shared.writer_gone.load(Ordering::SeqCst) {
                 return Err(TransportError::Eof);
             }
@@ -211,7 +228,7 @@ fn convert(st: &mut State, msg: Message) -> Result<Incoming, TransportError> {
         Message::Pong(p) => Incoming::Pong(p),
         Message::Close(c) => {
             queue_reply(st)?;
-            Incoming::Close(c.map(|c| (u16::from(c.code), c.reason.into_owned())))
+            Incoming::Close(c.map(|c| (u16::from(c.code), c.reason.as_str().to_owned())))
         }
         Message::Frame(_) => {
             return Err(TransportError::Protocol(
@@ -269,7 +286,7 @@ impl WsWriter {
             let st = &mut *st;
             swap_outbound(
                 &mut st.outer,
-                st.ws.get_mut().get_mut(),
+                st.ws.get_mut().mem_mut(),
                 &mut self.ciphertext,
             )?;
             if self.shared.reader_waiting.load(Ordering::SeqCst) {
@@ -309,7 +326,25 @@ impl WsWriter {
                 max: self.max_frame_size,
             });
         }
-        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload))?))
+        self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.into()))?))
+    }
+
+    /// Sends each of `frames` (already framed tunnel bytes, each at most
+    /// `max_frame_size`) as a binary message, and writes them to the socket
+    /// at once; `frames` is left empty (its allocation is kept).
+    pub fn send_frames(&mut self, frames: &mut Vec<Bytes>) -> Result<(), TransportError> {
+        if let Some(big) = frames.iter().find(|f| f.len() > self.max_frame_size) {
+            return Err(TransportError::FrameTooLarge {
+                size: big.len(),
+                max: self.max_frame_size,
+            });
+        }
+        self.with_state(|st| {
+            for f in frames.drain(..) {
+                st.ws.write(Message::Binary(f))?;
+            }
+            Ok(st.ws.flush()?)
+        })
     }
 
     /// Sends a ping (payload at most 125 bytes).
@@ -320,7 +355,7 @@ impl WsWriter {
                 max: 125,
             });
         }
-        self.with_state(|st| Ok(st.ws.send(Message::Ping(payload.to_vec()))?))
+        self.with_state(|st| Ok(st.ws.send(Message::Ping(Bytes::copy_from_slice(payload)))?))
     }
 
     /// Starts (or answers) the close handshake with `code` and `reason`.

@@ -194,10 +194,7 @@ pub fn connect(
     b.set_ca_file(svc.ca_dir.join("tunnel-service.pem"))
         .expect("CA");
     let tls = b.build().connect("localhost", tcp).expect("TLS handshake");
-    let config = WebSocketConfig {
-        max_frame_size: Some(131_076),
-        ..Default::default()
-    };
+    let config = WebSocketConfig::default().max_frame_size(Some(131_076));
     match tungstenite::client::client_with_config(req, tls, Some(config)) {
         Ok((ws, resp)) => {
             let h = |n: &str| {
@@ -269,10 +266,10 @@ pub fn recv(ws: &mut Ws, dec: &mut FrameDecoder, n: usize) -> Event {
             }
             Ok(WsMessage::Close(f)) => {
                 return f.map_or(Event::Close(1005, String::new()), |f| {
-                    Event::Close(f.code.into(), f.reason.into_owned())
+                    Event::Close(f.code.into(), f.reason.as_str().to_owned())
                 })
             }
-            Ok(WsMessage::Text(t)) => return Event::Text(t),
+            Ok(WsMessage::Text(t)) => return Event::Text(t.as_str().to_owned()),
             Ok(_) => {}
             Err(e) => return Event::Eof(e.to_string()),
         }
@@ -287,7 +284,7 @@ pub fn expect_close(ws: &mut Ws) -> (u16, String) {
         // Send the close reply tungstenite queued, so the service need not wait.
         let _ = ws.flush();
         match next {
-            Ok(WsMessage::Close(Some(f))) => return (f.code.into(), f.reason.into_owned()),
+            Ok(WsMessage::Close(Some(f))) => return (f.code.into(), f.reason.as_str().to_owned()),
             Ok(WsMessage::Close(None)) => return (1005, String::new()),
             Ok(_) => {}
             Err(e) => panic!("no close frame: {e}"),
@@ -296,5 +293,5 @@ pub fn expect_close(ws: &mut Ws) -> (u16, String) {
 }
 
 pub fn send(ws: &mut Ws, bytes: Vec<u8>) {
-    ws.send(WsMessage::Binary(bytes)).expect("sent");
+    ws.send(WsMessage::Binary(bytes.into())).expect("sent");
 }

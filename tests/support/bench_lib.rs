@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslAcceptor, SslConnector, SslMethod, SslVerifyMode, SslVersion};
 
-use crate::common::{listening_port, proxy, random_bytes, Proc, Service};
+use crate::common::{listening_port, proxy_with, random_bytes, settings_file, Proc, Service};
 
 /// How much each phase moves and how often it repeats.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ impl Sizes {
     pub fn full() -> Sizes {
         Sizes {
             reps: 5,
-            bulk: 256 << 20,
+            bulk: 1 << 30,
             agg8: 32 << 20,
             agg64: 4 << 20,
             echo_rounds: 2000,
@@ -831,8 +831,27 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
     let names = ["S1", "S2", "S3"];
     let tunnel = service.open(&names);
     let maps: Vec<String> = names.iter().map(|n| format!("{n}={server}")).collect();
+    // The default cap of 128 local connections per tunnel would refuse the
+    // held and scale runs: raise it past what they open.
+    let settings = settings_file(
+        "bench",
+        &format!(
+            r#"{{"tunneling":{{"proxy":{{"tcp":{{"max_active_connections":"{}"}}}}}}}}"#,
+            (sizes.scale_conns + sizes.idle_conns).max(128)
+        ),
+    );
+    let proxy = |token: &str, args: &[&str], tag: &str| {
+        proxy_with(
+            service.port(),
+            Some(&service.ca_dir),
+            token,
+            args,
+            tag,
+            &[],
+            &settings,
+        )
+    };
     let dest = proxy(
-        &service,
         &tunnel.destination_token,
         &["-d", &maps.join(",")],
         "destination",
@@ -841,7 +860,7 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
         "Successfully established websocket connection with proxy server",
         Duration::from_secs(30),
     );
-    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "source");
+    let source = proxy(&tunnel.source_token, &["-m", "source"], "source");
     let ports: Vec<u16> = names.iter().map(|n| listening_port(&source, n)).collect();
     let port = ports[0];
     let procs: [(&str, &Proc); 3] = [
@@ -852,6 +871,31 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
     let pids: Vec<u32> = procs.iter().map(|(_, p)| p.pid()).collect();
     let idle_threads: Vec<u64> = pids.iter().map(|p| stable_threads(*p)).collect();
     let idle: Vec<Mem> = pids.iter().map(|p| mem(*p)).collect();
+
+    progress(&format!(
+        "chain: RSS with {} idle connections",
+        sizes.idle_conns
+    ));
+    let mut held_rss: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut per_conn: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut held_ok = Vec::new();
+    for rep in 0..r {
+        let (streams, ok) = open_verified(&ports, sizes.idle_conns, 100 + rep as u64);
+        held_ok.push(ok as f64);
+        for (i, pid) in pids.iter().enumerate() {
+            let now = mem(*pid);
+            held_rss[i].push(mib(now.rss_kib));
+            // Private memory each open connection adds to the idle proxy
+            // (heap, stack pages touched; socket buffers are the kernel's).
+            // Against the first snapshot, so later runs, which reuse what
+            // earlier ones freed, measure the same thing.
+            let added = now.anon_kib.saturating_sub(idle[i].anon_kib) as f64;
+            per_conn[i].push(added / ok.max(1) as f64);
+        }
+        drop(streams);
+        settle(pids[0], idle_threads[0], Duration::from_secs(20));
+        settle(pids[1], idle_threads[1], Duration::from_secs(20));
+    }
 
     progress("chain: 64-byte echo round trips");
     let chain_echo: Vec<(f64, f64)> = reps(r, |_| {
@@ -865,35 +909,22 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
         v
     });
 
-    progress(&format!(
-        "chain: RSS with {} idle connections",
-        sizes.idle_conns
-    ));
-    let mut held_rss: Vec<Vec<f64>> = vec![Vec::new(); 3];
-    let mut held_ok = Vec::new();
-    for rep in 0..r {
-        let (streams, ok) = open_verified(&ports, sizes.idle_conns, 100 + rep as u64);
-        held_ok.push(ok as f64);
-        for (i, pid) in pids.iter().enumerate() {
-            held_rss[i].push(mib(mem(*pid).rss_kib));
-        }
-        drop(streams);
-        settle(pids[0], idle_threads[0], Duration::from_secs(20));
-        settle(pids[1], idle_threads[1], Duration::from_secs(20));
-    }
-
     progress("chain: bulk, one connection each way");
     let sampler = RssSampler::start(pids.clone());
     let mut up = Vec::new();
     let mut down = Vec::new();
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    // CPU per GiB of each process, for each direction on its own: index
+    // [process][0] client -> server, [process][1] server -> client.
+    let mut cpu: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; 3];
+    let gib = bulk as f64 / (1u64 << 30) as f64;
     for _ in 0..r {
         let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
         up.push(mbps(bulk, upload(port, bulk).expect("chain upload")));
+        let middle: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
         down.push(mbps(bulk, download(port, bulk).expect("chain download")));
-        let gib = 2.0 * bulk as f64 / (1u64 << 30) as f64;
         for (i, pid) in pids.iter().enumerate() {
-            cpu[i].push((cpu_secs(*pid) - before[i]) / gib);
+            cpu[i][0].push((middle[i] - before[i]) / gib);
+            cpu[i][1].push((cpu_secs(*pid) - middle[i]) / gib);
         }
     }
     let bulk_peak = sampler.finish();
@@ -1079,6 +1110,31 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
     for (i, (name, _)) in procs.iter().enumerate() {
         figs.push(
             Figure::new(
+                &format!("anon_idle_{name}"),
+                format!("Private memory idle (RssAnon), {name}"),
+                "MiB",
+                vec![mib(idle[i].anon_kib)],
+            )
+            .note(format!("heap and stacks; {} threads", idle[i].threads)),
+        );
+    }
+    for (i, (name, _)) in procs.iter().enumerate().take(2) {
+        figs.push(
+            Figure::new(
+                &format!("mem_per_conn_{name}"),
+                format!("Private memory per idle connection, {name}"),
+                "KiB",
+                per_conn[i].clone(),
+            )
+            .note(format!(
+                "RssAnon added by {} open connections, divided",
+                sizes.idle_conns
+            )),
+        );
+    }
+    for (i, (name, _)) in procs.iter().enumerate() {
+        figs.push(
+            Figure::new(
                 &format!("rss_{}_{name}", sizes.idle_conns),
                 format!("RSS with {} idle connections, {name}", sizes.idle_conns),
                 "MiB",
@@ -1110,15 +1166,20 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
         );
     }
     for (i, (name, _)) in procs.iter().enumerate() {
-        figs.push(
-            Figure::new(
-                &format!("cpu_per_gib_{name}"),
-                format!("CPU per GiB moved, {name}"),
-                "s/GiB",
-                cpu[i].clone(),
-            )
-            .note("bulk runs, user+system"),
-        );
+        for (d, (key, dir)) in [("up", "client -> server"), ("down", "server -> client")]
+            .iter()
+            .enumerate()
+        {
+            figs.push(
+                Figure::new(
+                    &format!("cpu_per_gib_{name}_{key}"),
+                    format!("CPU per GiB moved, {name}, {dir}"),
+                    "s/GiB",
+                    cpu[i][d].clone(),
+                )
+                .note("bulk runs, user+system"),
+            );
+        }
     }
     figs.push(
         Figure::new(

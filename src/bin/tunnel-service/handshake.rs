@@ -46,7 +46,7 @@ use crate::gate::Ticket;
 use crate::http::{read_head, write_response, HeadError, RequestHead};
 use crate::relay;
 use crate::side::Side;
-use crate::stream::{ws_config, Stream};
+use crate::stream::{ws_config, Buffered, Stream};
 use crate::tunnels::{Refusal, Registry};
 
 /// Longest wait for one read or write during the handshake (the gate's
@@ -210,7 +210,7 @@ pub fn serve(
     let _ = tcp.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = tcp.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
     let mut stream = match acceptor {
-        Some(a) => match a.accept(tcp) {
+        Some(a) => match a.accept(Buffered::new(tcp)) {
             Ok(s) => Stream::Tls(Box::new(s)),
             Err(e) => {
                 log::debug!("TLS handshake from {peer} failed: {e}");

@@ -88,7 +88,7 @@ pub fn dispatch(registry: &Registry, op: &str, input: &Value) -> Result<Value, A
         "Inject" => {
             let (id, side) = target(&INJECT)?;
             let out = match (input["hexBytes"].as_str(), input["textFrame"].as_str()) {
-                (Some(h), None) => Out::Bytes(from_hex(h)?),
+                (Some(h), None) => Out::Bytes(from_hex(h)?.into()),
                 (None, Some(t)) => Out::Text(t.to_string()),
                 _ => {
                     return Err(ApiError::validation(

@@ -6,9 +6,10 @@
 //! something is queued for it, so reads and writes never block each other.
 //! Incoming binary messages are reassembled into tunnel frames, each frame is
 //! checked against the protocol's rules (see [`validate`]), and the raw bytes of
-//! whole frames go to the peer's queue. Outgoing bytes are coalesced into
-//! binary messages of up to 131076 bytes (or re-chunked by the fault
-//! injector). A client whose peer, or who itself, has more than
+//! whole frames go to the peer's queue, copied into a recycled buffer. Outgoing,
+//! a large item goes out as a message of its own, as it is, and small ones are
+//! coalesced into binary messages of up to 131076 bytes (or re-chunked by the
+//! fault injector). A client whose peer, or who itself, has more than
 //! [`PAUSE_ABOVE`] bytes queued is not read from until the queue drains
 //! (backpressure): a client's outbound queue is bounded by about
 //! `PAUSE_ABOVE` plus one read burst, whether it reads or not.
@@ -29,8 +30,9 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use quick_protobuf::BytesReader;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
-use tungstenite::{Error as WsError, Message as WsMessage, WebSocket};
+use tungstenite::{Bytes, Error as WsError, Message as WsMessage, WebSocket};
 
+use localproxy::buffers::BufferPool;
 use localproxy::frame::{encode_frame, message, Decoded, FrameDecoder, FrameError, MessageType};
 use localproxy::protocol::{
     CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, FRAME_LENGTH_PREFIX,
@@ -50,6 +52,9 @@ use crate::tunnels::{
 pub const PAUSE_ABOVE: usize = 8 << 20;
 /// Messages read in one go before the loop turns to writing.
 const READ_BURST: usize = 64;
+/// Queued bytes of at least this size are sent as they are, without being
+/// copied into a coalesced message.
+const SEND_AS_IS: usize = 8 * 1024;
 /// Longest sleep in poll: a safety net for TLS wanting the other direction.
 const MAX_POLL: Duration = Duration::from_millis(250);
 /// Time allowed for the close handshake.
@@ -157,13 +162,26 @@ fn check_fields(body: &[u8]) -> Result<(), Violation> {
 /// Feeds one binary message to the connection's frame decoder (frames may
 /// span messages), checking each complete frame; returns the bytes of the
 /// complete frames, unchanged, and their stream events.
+///
+/// The frames are copied out of the message, so tungstenite's read buffer is
+/// free again at once (a slice of it kept in a queue would make it allocate
+/// a new one for every message). A message that nearly fills a pooled buffer
+/// (7/8 or more: a largest DATA frame from a proxy) goes into one from
+/// `pool`, which it returns to once sent; others get a buffer of their size.
 fn take_frames(
     decoder: &mut FrameDecoder,
     data: &[u8],
     side: Side,
     services: &[String],
-) -> Result<(Vec<u8>, Vec<StreamEvent>), Violation> {
-    let mut out = Vec::with_capacity(data.len() + decoder.pending());
+    pool: &BufferPool,
+) -> Result<(Bytes, Vec<StreamEvent>), Violation> {
+    let most = data.len() + decoder.pending();
+    let pooled = most >= pool.size() / 8 * 7 && most <= pool.size();
+    let mut out = if pooled {
+        pool.take_empty()
+    } else {
+        Vec::with_capacity(most)
+    };
     let mut events = Vec::new();
     decoder.decode_raw::<Violation, _>(data, |raw, decoded| {
         if let Some(e) = validate(raw, decoded, side, services)? {
@@ -172,7 +190,13 @@ fn take_frames(
         out.extend_from_slice(raw);
         Ok(())
     })?;
-    Ok((out, events))
+    let frames = if pooled {
+        let len = out.len();
+        pool.lend(out, 0..len)
+    } else {
+        out.into()
+    };
+    Ok((frames, events))
 }
 
 /// How a connection ended, for the log.
@@ -206,7 +230,8 @@ enum Mode {
 }
 
 enum Item {
-    Bytes(Vec<u8>, usize),
+    /// Bytes to send, and how many of them went already.
+    Bytes(Bytes, usize),
     Text(String),
 }
 
@@ -272,7 +297,7 @@ pub fn run(
         ids.availableServiceIds = services.iter().map(|s| s.as_str().into()).collect();
         let mut out = Vec::new();
         match encode_frame(&ids, &mut out) {
-            Ok(()) => conn.send(Out::Bytes(out)),
+            Ok(()) => conn.send(Out::Bytes(out.into())),
             Err(e) => log::warn!("tunnel {}: SERVICE_IDS not sent: {e}", adm.tunnel_id),
         }
     }
@@ -480,7 +505,7 @@ impl Relay {
             return Ok(Some(next - now));
         }
         if !self.write_blocked {
-            match self.ws.write(WsMessage::Ping(Vec::new())) {
+            match self.ws.write(WsMessage::Ping(Default::default())) {
                 Ok(()) => {}
                 Err(e) if is_would_block(&e) => self.write_blocked = true,
                 Err(e) => return Err(End::Error(e.to_string())),
@@ -575,8 +600,14 @@ impl Relay {
             Some(s) => s,
             None => return Err(End::Gone),
         };
-        let (frames, events) =
-            take_frames(&mut self.decoder, data, self.side, &services).map_err(End::Violation)?;
+        let (frames, events) = take_frames(
+            &mut self.decoder,
+            data,
+            self.side,
+            &services,
+            &self.registry.pool,
+        )
+        .map_err(End::Violation)?;
         let starts: Vec<(String, i32)> = events
             .iter()
             .filter_map(|e| match e {
@@ -623,7 +654,7 @@ impl Relay {
                     // subtracts every byte it sends, and an uncounted item
                     // would wrap the counter and pause the peer for good.
                     self.conn.queued.fetch_add(out.len(), Ordering::AcqRel);
-                    self.outq.push_back(Item::Bytes(out, 0));
+                    self.outq.push_back(Item::Bytes(out.into(), 0));
                 }
             }
         }
@@ -703,7 +734,7 @@ impl Relay {
     fn next_message(&mut self) -> Option<WsMessage> {
         if let Some(Item::Text(_)) = self.outq.front() {
             if let Some(Item::Text(t)) = self.outq.pop_front() {
-                return Some(WsMessage::Text(t));
+                return Some(WsMessage::Text(t.into()));
             }
         }
         let mut limit = MAX_WEBSOCKET_FRAME;
@@ -717,30 +748,42 @@ impl Relay {
             let left = n.saturating_sub(self.bytes_in + self.bytes_out);
             limit = limit.min(usize::try_from(left).unwrap_or(usize::MAX).max(1));
         }
+        // A large item (or what fits of it) goes as it is: no copy.
+        if let Some(Item::Bytes(b, off)) = self.outq.front_mut() {
+            let left = b.len() - *off;
+            if left >= SEND_AS_IS.min(limit) {
+                let take = left.min(limit);
+                let part = b.slice(*off..*off + take);
+                *off += take;
+                if *off == b.len() {
+                    self.outq.pop_front();
+                }
+                self.conn.queued.fetch_sub(take, Ordering::AcqRel);
+                return Some(WsMessage::Binary(part));
+            }
+        }
+        // Small items, coalesced up to a large one or the limit.
         let mut buf: Vec<u8> = Vec::new();
         while buf.len() < limit {
             let Some(Item::Bytes(b, off)) = self.outq.front_mut() else {
                 break;
             };
-            let take = (b.len() - *off).min(limit - buf.len());
-            if buf.is_empty() && *off == 0 && take == b.len() {
-                // Whole item fits: move it instead of copying.
-                if let Some(Item::Bytes(b, _)) = self.outq.pop_front() {
-                    buf = b;
-                }
-            } else {
-                buf.extend_from_slice(&b[*off..*off + take]);
-                *off += take;
-                if *off == b.len() {
-                    self.outq.pop_front();
-                }
+            let left = b.len() - *off;
+            if left >= SEND_AS_IS && !buf.is_empty() {
+                break;
+            }
+            let take = left.min(limit - buf.len());
+            buf.extend_from_slice(&b[*off..*off + take]);
+            *off += take;
+            if *off == b.len() {
+                self.outq.pop_front();
             }
         }
         if buf.is_empty() {
             return None;
         }
         self.conn.queued.fetch_sub(buf.len(), Ordering::AcqRel);
-        Some(WsMessage::Binary(buf))
+        Some(WsMessage::Binary(buf.into()))
     }
 
     /// Ends the connection as `end` says; returns it for the log.
@@ -848,12 +891,28 @@ mod tests {
         let svcs = vec!["A".to_string()];
         let mut bytes = frame(&message(MessageType::DATA, 1, "A", 1, b"hello"));
         bytes.extend(frame(&message(MessageType::STREAM_RESET, 1, "A", 0, b"")));
+        let pool = BufferPool::new(1, 1000);
         let mut dec = FrameDecoder::default();
-        let (a, ev) = take_frames(&mut dec, &bytes[..5], Side::Source, &svcs).expect("ok");
+        let (a, ev) = take_frames(&mut dec, &bytes[..5], Side::Source, &svcs, &pool).expect("ok");
         assert!(a.is_empty() && ev.is_empty());
-        let (b, ev) = take_frames(&mut dec, &bytes[5..], Side::Source, &svcs).expect("ok");
+        let (b, ev) = take_frames(&mut dec, &bytes[5..], Side::Source, &svcs, &pool).expect("ok");
         assert_eq!(b, bytes);
         assert_eq!(ev.len(), 1);
         assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn large_messages_are_copied_into_pooled_buffers() {
+        let svcs = vec!["A".to_string()];
+        let pool = BufferPool::new(1, 1000);
+        let msg = frame(&message(MessageType::DATA, 1, "A", 1, &[5u8; 900]));
+        let mut dec = FrameDecoder::default();
+        let (out, _) = take_frames(&mut dec, &msg, Side::Source, &svcs, &pool).expect("ok");
+        assert_eq!(out, msg);
+        let at = out.as_ptr();
+        drop(out);
+        // Sent and dropped: its buffer is the next one handed out.
+        let again = pool.take_empty();
+        assert_eq!(again.as_ptr(), at);
     }
 }

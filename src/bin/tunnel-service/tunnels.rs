@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 use serde_json::{json, Value};
+use tungstenite::Bytes;
 
+use localproxy::buffers::BufferPool;
 use localproxy::frame::{encode_frame, message, MessageType};
 use localproxy::protocol::{
     CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY_VIOLATION, CLOSE_REASON_REPLACED,
@@ -35,7 +37,7 @@ pub const CLOSE_REASON_ROTATED: &str = "access token rotated";
 #[derive(Debug)]
 pub enum Out {
     /// Tunnel frames (whole or not) to send as binary WebSocket data.
-    Bytes(Vec<u8>),
+    Bytes(Bytes),
     /// A text WebSocket message (fault injection only).
     Text(String),
     /// Close the WebSocket with this code and reason.
@@ -326,7 +328,7 @@ impl Tunnel {
             self.id,
             streams.len()
         );
-        conn.send(Out::Bytes(out));
+        conn.send(Out::Bytes(out.into()));
     }
 
     /// Detaches the connection of `side` (if any), closing it with `close`,
@@ -437,6 +439,12 @@ impl Inner {
 }
 
 /// All tunnels of the service.
+/// Spare relay buffers kept (at most 32 x 66 KiB, about 2 MiB, for all
+/// connections together).
+const RELAY_POOL_DEPTH: usize = 32;
+/// A relay buffer holds one message of a largest DATA frame (65537 bytes).
+const RELAY_POOL_BUFFER: usize = 66 * 1024;
+
 pub struct Registry {
     inner: Mutex<Inner>,
     expiry: Condvar,
@@ -453,6 +461,8 @@ pub struct Registry {
     /// Relay threads running, and a signal when the count drops.
     live: Mutex<usize>,
     idle: Condvar,
+    /// Buffers the relays copy received frames into, recycled once sent.
+    pub pool: BufferPool,
 }
 
 /// Counts a relay thread as running until dropped.
@@ -509,6 +519,7 @@ impl Registry {
             state_file: OnceLock::new(),
             live: Mutex::new(0),
             idle: Condvar::new(),
+            pool: BufferPool::new(RELAY_POOL_DEPTH, RELAY_POOL_BUFFER),
         })
     }
 
