@@ -461,6 +461,39 @@ fn write_all_vectored(sock: &mut &LocalStream, chunks: &[Vec<u8>]) -> io::Result
     Ok(total)
 }
 
+/// What one read from the local socket means for the read half.
+enum Got {
+    /// Bytes to forward.
+    Data(usize),
+    /// Interrupted: read again.
+    Again,
+    /// The connection is done on this side.
+    End,
+}
+
+fn outcome(
+    read: io::Result<usize>,
+    sock: &LocalStream,
+    stats: &ConnStats,
+    closed: &AtomicBool,
+) -> Got {
+    match read {
+        Ok(n) if n > 0 && !closed.load(Ordering::SeqCst) => Got::Data(n),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Got::Again,
+        Err(e) => {
+            log::debug!("{}: local read ended: {e}", stats.label);
+            Got::End
+        }
+        // The write half is done: drop what the application still sends
+        // until it closes (see [`Conn`]).
+        Ok(n) if n > 0 => {
+            drain(sock);
+            Got::End
+        }
+        Ok(_) => Got::End,
+    }
+}
+
 /// Reads and drops what the application sends until it closes its end or
 /// the socket is shut down.
 fn drain(mut sock: &LocalStream) {
@@ -515,20 +548,10 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
                     .collect();
                 sock.read_vectored(&mut slices)
             };
-            let n = match read {
-                Ok(n) if n > 0 && !closed.load(Ordering::SeqCst) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("{}: local read ended: {e}", stats.label);
-                    break;
-                }
-                // The write half is done: drop what the application still
-                // sends until it closes (see [`Conn`]).
-                Ok(n) if n > 0 => {
-                    drain(sock);
-                    break;
-                }
-                Ok(_) => break,
+            let n = match outcome(read, sock, stats, closed) {
+                Got::Data(n) => n,
+                Got::Again => continue,
+                Got::End => break,
             };
             let used = n.div_ceil(full);
             want = if used == bufs.len() && n % full == 0 {
@@ -569,23 +592,13 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
             buf.resize(len, 0);
         }
         let read = sock.read(&mut buf[off..off + size]);
-        let n = match read {
-            Ok(n) if n > 0 && !closed.load(Ordering::SeqCst) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+        let n = match outcome(read, sock, stats, closed) {
+            Got::Data(n) => n,
+            Got::Again => {
                 own = buf;
                 continue;
             }
-            Err(e) => {
-                log::debug!("{}: local read ended: {e}", stats.label);
-                break;
-            }
-            // The write half is done: drop what the application still sends
-            // until it closes (see [`Conn`]).
-            Ok(n) if n > 0 => {
-                drain(sock);
-                break;
-            }
-            Ok(_) => break,
+            Got::End => break,
         };
         let frame = framer.seal(&mut buf, n);
         let frame = Bytes::copy_from_slice(&buf[frame]);
