@@ -88,29 +88,21 @@ fn run(cmd: &str, args: &[&str]) {
 fn black_hole_inside_a_namespace() {
     assert!(std::env::var_os(INNER).is_some(), "run by the outer test");
     run("ip", &["link", "set", "lo", "up"]);
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1"]);
-    let echo = echo_server();
-    let map = format!("SSH1={echo}");
     let settings = settings_file(
         "blackhole",
         r#"{"tunneling":{"proxy":{"websocket":{"ping_period_ms":"2000","retry_delay_ms":"200"}}}}"#,
     );
-    let start = |token: &str, args: &[&str], tag: &str| {
-        proxy_with(
-            service.port(),
-            Some(&service.ca_dir),
-            token,
-            args,
-            tag,
-            &[],
-            &settings,
-        )
-    };
-    let dest = start(&tunnel.destination_token, &["-d", &map], "dst");
-    let source = start(&tunnel.source_token, &["-m", "source"], "src");
-    dest.stderr.wait_for(CONNECTED, SECS_20);
-    let port = listening_port(&source, "SSH1");
+    let Pair {
+        service,
+        tunnel: _tunnel,
+        dest,
+        source,
+        port,
+    } = Pair::echo(PairOpts {
+        dest_settings: Some(&settings),
+        src_settings: Some(&settings),
+        ..PairOpts::default()
+    });
     echo_eventually(port, 1, 64 * 1024, SECS_20);
     let lost = |p: &Proc| p.stderr.count("lost (");
 

@@ -477,24 +477,26 @@ fn too_many_service_ids_are_a_protocol_error_and_the_proxy_reconnects() {
 #[test]
 fn a_destination_away_while_connections_start_strands_no_service() {
     let _w = watchdog("away", Duration::from_secs(90));
-    let service = Service::start(&[]);
-    let tunnel = service.open(&["SSH1", "WEB"]);
     let (ssh, web) = (echo_server(), echo_server());
     let map = format!("SSH1={ssh},WEB={web}");
     let client_token = "away-test-client-token-0123456789abcdef";
-    let dest_args = ["-d", &map, "-i", client_token];
-    let mut dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst");
     let answer = settings("away", r#""answer_timeout_ms":"2000""#, "");
-    let source = proxy_with(
-        service.port(),
-        Some(&service.ca_dir),
-        &tunnel.source_token,
-        &["-m", "source"],
-        "src",
-        &[],
-        &answer,
+    let Pair {
+        service,
+        tunnel,
+        mut dest,
+        source,
+        port: _,
+    } = Pair::start(
+        &map,
+        PairOpts {
+            services: &["SSH1", "WEB"],
+            dest_extra: &["-i", client_token],
+            src_settings: Some(&answer),
+            ..PairOpts::default()
+        },
     );
-    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let dest_args = ["-d", &map, "-i", client_token];
     let ports = [
         listening_port(&source, "SSH1"),
         listening_port(&source, "WEB"),

@@ -280,6 +280,28 @@ impl Service {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until the service has attached the tunnel's `side`
+    /// ("source" or "destination"): a proxy logs its connection a moment
+    /// before the service registers it, and what it sends meanwhile may be
+    /// refused.
+    pub fn wait_attached(&self, tunnel_id: &str, side: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let body = format!(r#"{{"tunnelId":"{tunnel_id}"}}"#);
+        loop {
+            let (status, _, v) =
+                raw::raw_call(&self.api_addr, "IoTSecuredTunneling.DescribeTunnel", &body);
+            let state = &v["tunnel"][format!("{side}ConnectionState")]["status"];
+            if status == 200 && state == "CONNECTED" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not attach the {side} within {limit:?}: {status} {v}"
+            );
+            thread::sleep(Duration::from_millis(10)); // polling interval
+        }
+    }
+
     pub fn open(&self, services: &[&str]) -> Tunnel {
         let mut args = vec!["open", "--format", "env"];
         let list = services.join(",");
@@ -631,6 +653,9 @@ impl Pair {
         );
         dest.stderr.wait_for(CONNECTED, Duration::from_secs(20));
         let port = listening_port(&source, services[0]);
+        for side in ["source", "destination"] {
+            service.wait_attached(&tunnel.id, side, Duration::from_secs(20));
+        }
         Pair {
             service,
             tunnel,
