@@ -3,7 +3,9 @@
 //!
 //! A local connection is one socket (one descriptor) shared by its two
 //! halves, each on its own small thread. The read half turns local bytes
-//! into DATA frames and sends them into the tunnel writer's bounded channel
+//! into DATA frames, each in the WebSocket frame that carries it (built in
+//! the buffer it read into, see [`crate::transport::wire`]), and sends them
+//! into the tunnel writer's bounded channel
 //! (so a slow tunnel slows local reads: TCP backpressure instead of memory
 //! growth). The write half drains the connection's own bounded channel into
 //! the socket; when that channel's senders are gone (the tunnel side closed
@@ -25,6 +27,7 @@ use crate::buffers::BufferPool;
 use crate::config::DestinationAddr;
 use crate::frame::DataFramer;
 use crate::streams::WireIds;
+use crate::transport::wire::{self, Masks, HEADER_ROOM};
 
 /// Stack size of the two worker threads of a local connection: they only
 /// move heap buffers around, so a small stack keeps thousands of
@@ -253,7 +256,7 @@ impl Drop for ConnStats {
 
 /// What the read half needs to speak for its connection.
 pub struct ReadHalf {
-    /// The tunnel writer's data channel (framed bytes).
+    /// The tunnel writer's data channel (complete WebSocket frames).
     pub to_tunnel: Sender<Bytes>,
     /// The ids every DATA message of this connection carries.
     pub ids: WireIds,
@@ -519,10 +522,23 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
             return;
         }
     };
-    // A payload is read to `off`, leaving room for the fields before it.
-    let off = framer.payload_offset();
+    // A payload is read to `off`, leaving room for the fields before it
+    // and, before those, the WebSocket header.
+    let off = HEADER_ROOM + framer.payload_offset();
+    let buffer_len = HEADER_ROOM + framer.buffer_len();
     let pool = &half.pool;
-    let pooled = framer.buffer_len() <= pool.size();
+    let pooled = buffer_len <= pool.size();
+    let mut masks = Masks::new();
+    // Frames the payload of `n` bytes at `off` in place: the WebSocket
+    // frame's range in `buf`.
+    let mut seal = |buf: &mut [u8], n: usize| {
+        let msg = framer.seal(&mut buf[HEADER_ROOM..], n);
+        wire::seal(
+            buf,
+            msg.start + HEADER_ROOM..msg.end + HEADER_ROOM,
+            masks.next_key(),
+        )
+    };
     let mut size = INITIAL_READ_BUFFER.min(full);
     // Reused for reads of up to `size` bytes until bulk reads use the pool.
     let mut own: Vec<u8> = Vec::new();
@@ -570,7 +586,7 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
                 left -= k;
                 // The buffer travels as the frame and comes back to the
                 // pool once the writer has encrypted it.
-                let frame = framer.seal(&mut buf, k);
+                let frame = seal(&mut buf, k);
                 if half.to_tunnel.send(pool.lend(buf, frame)).is_err() {
                     gone = true;
                     break;
@@ -587,7 +603,7 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
         }
         let mut buf = std::mem::take(&mut own);
         // Room for the payload and the fields after it.
-        let len = framer.buffer_len() - full + size;
+        let len = buffer_len - full + size;
         if buf.len() < len {
             buf.resize(len, 0);
         }
@@ -600,7 +616,7 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
             }
             Got::End => break,
         };
-        let frame = framer.seal(&mut buf, n);
+        let frame = seal(&mut buf, n);
         let frame = Bytes::copy_from_slice(&buf[frame]);
         own = buf;
         if half.to_tunnel.send(frame).is_err() {

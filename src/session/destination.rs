@@ -156,7 +156,7 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
             // Sent on the data channel, after the connection's last DATA.
             let frame = me.lock().machine.local_closed(&key);
             if let Some(frame) = frame {
-                let _ = data.send(frame.into());
+                super::writer::send_data(&data, &frame);
             }
         }),
     };

@@ -106,7 +106,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         key.conn_id,
         acc.opening.message_type()
     );
-    if link.data.send(acc.frame.into()).is_err() {
+    if !link.send_data(&acc.frame) {
         // The tunnel connection ended meanwhile; its end closed the table.
         return;
     }
@@ -124,7 +124,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         log::error!("Cannot start a local connection: {e}; resetting it");
         let frame = shared.lock().machine.local_closed(&key);
         if let Some(frame) = frame {
-            let _ = link.data.send(frame.into());
+            link.send_data(&frame);
         }
     };
     let mut conn = match Conn::new(stream.clone(), stats.clone()) {
@@ -141,7 +141,7 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
             // Sent on the data channel, after the connection's last DATA.
             let frame = me.lock().machine.local_closed(&key);
             if let Some(frame) = frame {
-                let _ = data.send(frame.into());
+                super::writer::send_data(&data, &frame);
             }
         }),
     };

@@ -1,10 +1,11 @@
 //! The tunnel writer: the one thread that sends on a tunnel connection.
 //!
 //! It takes frames from two bounded channels: data (DATA frames, and the
-//! starts and resets that must stay in order with them) and control (resets
-//! the reader answers with, close frames), sends each queued frame as a
-//! WebSocket message of its own, up to [`WRITE_GROUP`] bytes of them per
-//! write to the socket, flushes the pongs the reader queued, and pings every
+//! starts and resets that must stay in order with them, each already a
+//! complete WebSocket frame, see [`crate::transport::wire`]) and control
+//! (resets the reader answers with, close frames, which tungstenite frames),
+//! writes up to [`WRITE_GROUP`] bytes of queued data frames per write to the
+//! socket, flushes the pongs the reader queued, and pings every
 //! `ping_period`. Every channel is bounded, so
 //! a service that stops reading makes the senders wait (local reads pause,
 //! the reader stops reading the service) instead of memory growing; the
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
 use tungstenite::Bytes;
 
-use crate::transport::{self, ShutdownHandle, WsWriter};
+use crate::transport::{self, wire, ShutdownHandle, WsWriter};
 
 /// Frames waiting for the writer, from all local connections. With frames
 /// of at most 64 KiB this bounds that queue to about 4 MiB.
@@ -43,7 +44,8 @@ pub(super) enum Control {
 /// The ways into one tunnel connection's writer.
 #[derive(Clone)]
 pub(super) struct Link {
-    /// DATA frames, and the starts and resets ordered with them.
+    /// DATA frames, and the starts and resets ordered with them, as
+    /// complete WebSocket frames.
     pub data: Sender<Bytes>,
     /// Frames whose order against data does not matter, and close frames.
     pub control: Sender<Control>,
@@ -59,10 +61,23 @@ impl Link {
         let _ = self.control.send(Control::Frame(frame));
     }
 
+    /// Queues a start or reset on the data channel, after the DATA queued
+    /// before it; waits while the queue is full. False when the writer is
+    /// gone (the connection is ending).
+    pub fn send_data(&self, frame: &[u8]) -> bool {
+        send_data(&self.data, frame)
+    }
+
     /// Asks the writer to flush the replies the reader queued.
     pub fn flush_replies(&self) {
         let _ = self.flush.try_send(());
     }
+}
+
+/// [`Link::send_data`] for a holder of the data channel alone.
+pub(super) fn send_data(data: &Sender<Bytes>, frame: &[u8]) -> bool {
+    data.send(wire::frame(frame, &mut wire::Masks::new()))
+        .is_ok()
 }
 
 /// The writer's ends of a [`Link`].
@@ -159,9 +174,9 @@ fn write_loop(
     Some(e)
 }
 
-/// Sends `first` and whatever else is queued, each frame a WebSocket
-/// message of its own (its buffer is encrypted where it lies: no copy to
-/// pack frames together), up to [`WRITE_GROUP`] bytes per socket write.
+/// Sends `first` and whatever else is queued (each encrypted where it lies:
+/// no copy to pack frames together), up to [`WRITE_GROUP`] bytes per
+/// socket write.
 fn send_batch(
     ws: &mut WsWriter,
     first: Bytes,
@@ -174,11 +189,11 @@ fn send_batch(
     for _ in 0..DATA_QUEUE {
         let Ok(next) = data.try_recv() else { break };
         if bytes + next.len() > WRITE_GROUP {
-            ws.send_frames(&mut batch)?;
+            ws.send_wire(&mut batch)?;
             bytes = 0;
         }
         bytes += next.len();
         batch.push(next);
     }
-    ws.send_frames(&mut batch)
+    ws.send_wire(&mut batch)
 }

@@ -4,7 +4,8 @@
 //!
 //! Files: [`memio`] (OpenSSL over in-memory buffers), `tls` (OpenSSL setup),
 //! `proxy` (web proxy), `handshake` (upgrade request and checks), `http`
-//! (response heads), `split` (reader and writer), `error` (error types).
+//! (response heads), `split` (reader and writer), [`wire`] (data frames
+//! built in place), `error` (error types).
 
 mod error;
 mod handshake;
@@ -13,6 +14,7 @@ pub(crate) mod memio;
 mod proxy;
 mod split;
 mod tls;
+pub mod wire;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;

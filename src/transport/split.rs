@@ -329,21 +329,23 @@ impl WsWriter {
         self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.into()))?))
     }
 
-    /// Sends each of `frames` (already framed tunnel bytes, each at most
-    /// `max_frame_size`) as a binary message, and writes them to the socket
-    /// at once; `frames` is left empty (its allocation is kept).
-    pub fn send_frames(&mut self, frames: &mut Vec<Bytes>) -> Result<(), TransportError> {
-        if let Some(big) = frames.iter().find(|f| f.len() > self.max_frame_size) {
-            return Err(TransportError::FrameTooLarge {
-                size: big.len(),
-                max: self.max_frame_size,
-            });
-        }
+    /// Writes each of `frames`, complete WebSocket frames built by
+    /// [`super::wire`], to TLS as they are, after whatever tungstenite has
+    /// queued (a pong), and the ciphertext to the socket at once; `frames`
+    /// is left empty (its allocation is kept). Refused, like any send,
+    /// once a close frame was sent or received.
+    pub fn send_wire(&mut self, frames: &mut Vec<Bytes>) -> Result<(), TransportError> {
         self.with_state(|st| {
-            for f in frames.drain(..) {
-                st.ws.write(Message::Binary(f))?;
+            if !st.ws.can_write() {
+                frames.clear();
+                return Err(TransportError::Closed);
             }
-            Ok(st.ws.flush()?)
+            st.ws.flush()?;
+            let tls = st.ws.get_mut();
+            for f in frames.drain(..) {
+                tls.write_all(&f).map_err(TransportError::Io)?;
+            }
+            Ok(())
         })
     }
 
