@@ -20,8 +20,10 @@ use tungstenite::Bytes;
 use crate::transport::{self, wire, ShutdownHandle, WsWriter};
 
 /// Frames waiting for the writer, from all local connections. With frames
-/// of at most 64 KiB this bounds that queue to about 4 MiB.
-pub(super) const DATA_QUEUE: usize = 64;
+/// of at most 64 KiB this bounds that queue to about 2 MiB: enough to keep
+/// the writer busy (it takes four at a time), short enough that a start or
+/// an interactive keystroke queued behind a bulk transfer waits little.
+pub(super) const DATA_QUEUE: usize = 32;
 /// Control frames waiting for the writer (each under 200 bytes).
 const CONTROL_QUEUE: usize = 64;
 /// Frames sent with one write to the socket, in bytes at most (one frame
