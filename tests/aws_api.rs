@@ -1,5 +1,5 @@
 //! The control plane driven by a real AWS client: boto3 (installed by
-//! scripts/setup.sh into a virtualenv) runs tests/aws/check_api.py against a
+//! scripts/setup-test.sh into a virtualenv) runs tests/aws/check_api.py against a
 //! `tunnel-service`, checking every operation, response, error and input
 //! constraint against botocore's own iotsecuretunneling service model.
 
@@ -27,7 +27,7 @@ fn boto3_against_the_service_model() {
     let python = venv().join("bin/python");
     assert!(
         python.exists(),
-        "{} is missing: run scripts/setup.sh (or scripts/setup-python.sh), which installs boto3 \
+        "{} is missing: run scripts/setup-test.sh (or scripts/setup-python.sh), which installs boto3 \
          into that virtualenv; `make test` and CI run it first",
         python.display()
     );

@@ -4,7 +4,7 @@
 //! sshd runs in inetd mode (`sshd -i`), started by the test for each TCP
 //! connection the destination proxy opens, so no fixed port is needed.
 //! Needs `ssh`, `ssh-keygen` and `sshd` (packages openssh-client and
-//! openssh-server; `scripts/setup.sh` installs them).
+//! openssh-server; `scripts/setup-test.sh` installs them).
 
 mod common;
 
@@ -33,7 +33,9 @@ fn find_tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} not found: install openssh-client and openssh-server (scripts/setup.sh does)");
+    panic!(
+        "{name} not found: install openssh-client and openssh-server (scripts/setup-test.sh does)"
+    );
 }
 
 fn keygen(path: &Path) {
