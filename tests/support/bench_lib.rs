@@ -817,7 +817,17 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
     progress("baseline: plain TLS loopback pipe");
     let tls = TlsPipe::start();
     let cipher = tls.cipher();
-    let tls_up: Vec<f64> = reps(r, |_| mbps(bulk, tls.send(bulk).expect("tls pipe")));
+    let gib = bulk as f64 / (1u64 << 30) as f64;
+    // CPU of this process (client and server of the pipe) per GiB: what
+    // TLS itself costs on this machine, the yardstick for the proxies'.
+    let me = std::process::id();
+    let mut tls_cpu = Vec::new();
+    let tls_up: Vec<f64> = reps(r, |_| {
+        let c0 = cpu_secs(me);
+        let v = mbps(bulk, tls.send(bulk).expect("tls pipe"));
+        tls_cpu.push((cpu_secs(me) - c0) / gib);
+        v
+    });
     let tcp_echo: Vec<(f64, f64)> = reps(r, |_| {
         echo_latency(server, sizes.echo_rounds).expect("tcp echo")
     });
@@ -916,7 +926,6 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
     // CPU per GiB of each process, for each direction on its own: index
     // [process][0] client -> server, [process][1] server -> client.
     let mut cpu: Vec<[Vec<f64>; 2]> = vec![[Vec::new(), Vec::new()]; 3];
-    let gib = bulk as f64 / (1u64 << 30) as f64;
     for _ in 0..r {
         let before: Vec<f64> = pids.iter().map(|p| cpu_secs(*p)).collect();
         up.push(mbps(bulk, upload(port, bulk).expect("chain upload")));
@@ -994,6 +1003,16 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
         )
         .note(format!("{mb} MiB per run; {cipher}; the limit")),
     );
+    figs.push(
+        Figure::new(
+            "tls_cpu_per_gib",
+            "Plain TLS loopback pipe, CPU per GiB, both ends",
+            "s/GiB",
+            tls_cpu.clone(),
+        )
+        .note("user+system of the sending and the receiving end"),
+    );
+    let tls_end = med(&tls_cpu) / 2.0;
     figs.push(
         Figure::new(
             "chain_bulk_up",
@@ -1177,7 +1196,10 @@ pub fn run(sizes: &Sizes, progress: &mut dyn FnMut(&str)) -> Report {
                     "s/GiB",
                     cpu[i][d].clone(),
                 )
-                .note("bulk runs, user+system"),
+                .note(format!(
+                    "bulk runs, user+system; {:.1}x one TLS pipe end",
+                    med(&cpu[i][d]) / tls_end
+                )),
             );
         }
     }
