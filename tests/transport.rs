@@ -19,8 +19,8 @@ use localproxy::protocol::{SUBPROTOCOL_V2, SUBPROTOCOL_V3};
 use localproxy::secret::Secret;
 
 use localproxy::transport::{
-    connect, ConnectError, ConnectOptions, Connection, Incoming, ProxyFailure, TransportError,
-    WebProxy,
+    connect, wire, ConnectError, ConnectOptions, Connection, Incoming, ProxyFailure,
+    TransportError, WebProxy,
 };
 use openssl::ssl::{SslAcceptor, SslMethod, SslStream};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -456,6 +456,12 @@ fn close_from_client_is_answered() {
         }
         assert!(matches!(
             w.send_binary(b"late"),
+            Err(TransportError::Closed)
+        ));
+        // Data frames built in place are refused alike.
+        let mut late = vec![wire::frame(b"late", &mut wire::Masks::new())];
+        assert!(matches!(
+            w.send_wire(&mut late),
             Err(TransportError::Closed)
         ));
     });
