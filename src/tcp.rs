@@ -3,9 +3,9 @@
 //!
 //! A local connection is one socket (one descriptor) shared by its two
 //! halves, each on its own small thread. The read half turns local bytes
-//! into DATA frames, each in the WebSocket frame that carries it (built in
-//! the buffer it read into, see [`crate::transport::wire`]), and sends them
-//! into the tunnel writer's bounded channel
+//! into DATA frames, built in the buffer it read into with room for the
+//! WebSocket header (see [`crate::transport::wire`]), and sends them into
+//! the tunnel writer's bounded channel
 //! (so a slow tunnel slows local reads: TCP backpressure instead of memory
 //! growth). The write half drains the connection's own bounded channel into
 //! the socket; when that channel's senders are gone (the tunnel side closed
@@ -21,13 +21,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use tungstenite::Bytes;
 
 use crate::buffers::BufferPool;
 use crate::config::DestinationAddr;
 use crate::frame::DataFramer;
 use crate::streams::WireIds;
-use crate::transport::wire::{self, Masks, HEADER_ROOM};
+use crate::transport::wire::{Outgoing, HEADER_ROOM};
 
 /// Stack size of the two worker threads of a local connection: they only
 /// move heap buffers around, so a small stack keeps thousands of
@@ -256,8 +255,8 @@ impl Drop for ConnStats {
 
 /// What the read half needs to speak for its connection.
 pub struct ReadHalf {
-    /// The tunnel writer's data channel (complete WebSocket frames).
-    pub to_tunnel: Sender<Bytes>,
+    /// The tunnel writer's data channel.
+    pub to_tunnel: Sender<Outgoing>,
     /// The ids every DATA message of this connection carries.
     pub ids: WireIds,
     /// Bytes read from the local socket at once (at most max_payload_size).
@@ -528,16 +527,11 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
     let buffer_len = HEADER_ROOM + framer.buffer_len();
     let pool = &half.pool;
     let pooled = buffer_len <= pool.size();
-    let mut masks = Masks::new();
-    // Frames the payload of `n` bytes at `off` in place: the WebSocket
-    // frame's range in `buf`.
-    let mut seal = |buf: &mut [u8], n: usize| {
+    // Frames the payload of `n` bytes at `off` in place: the DATA frame's
+    // range in `buf`, with room for the WebSocket header before it.
+    let seal = |buf: &mut [u8], n: usize| {
         let msg = framer.seal(&mut buf[HEADER_ROOM..], n);
-        wire::seal(
-            buf,
-            msg.start + HEADER_ROOM..msg.end + HEADER_ROOM,
-            masks.next_key(),
-        )
+        msg.start + HEADER_ROOM..msg.end + HEADER_ROOM
     };
     let mut size = INITIAL_READ_BUFFER.min(full);
     // Reused for reads of up to `size` bytes until bulk reads use the pool.
@@ -587,7 +581,11 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
                 // The buffer travels as the frame and comes back to the
                 // pool once the writer has encrypted it.
                 let frame = seal(&mut buf, k);
-                if half.to_tunnel.send(pool.lend(buf, frame)).is_err() {
+                if half
+                    .to_tunnel
+                    .send(Outgoing::pooled(buf, frame, pool))
+                    .is_err()
+                {
                     gone = true;
                     break;
                 }
@@ -617,7 +615,7 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
             Got::End => break,
         };
         let frame = seal(&mut buf, n);
-        let frame = Bytes::copy_from_slice(&buf[frame]);
+        let frame = Outgoing::copied(&buf[frame]);
         own = buf;
         if half.to_tunnel.send(frame).is_err() {
             break;

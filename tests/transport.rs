@@ -459,7 +459,7 @@ fn close_from_client_is_answered() {
             Err(TransportError::Closed)
         ));
         // Data frames built in place are refused alike.
-        let mut late = vec![wire::frame(b"late", &mut wire::Masks::new())];
+        let mut late = vec![wire::Outgoing::copied(b"late")];
         assert!(matches!(
             w.send_wire(&mut late),
             Err(TransportError::Closed)

@@ -1,23 +1,23 @@
 //! The tunnel writer: the one thread that sends on a tunnel connection.
 //!
 //! It takes frames from two bounded channels: data (DATA frames, and the
-//! starts and resets that must stay in order with them, each already a
-//! complete WebSocket frame, see [`crate::transport::wire`]) and control
-//! (resets the reader answers with, close frames, which tungstenite frames),
-//! writes up to [`WRITE_GROUP`] bytes of queued data frames per write to the
-//! socket, flushes the pongs the reader queued, and pings every
-//! `ping_period`. Every channel is bounded, so
-//! a service that stops reading makes the senders wait (local reads pause,
-//! the reader stops reading the service) instead of memory growing; the
-//! WebSocket's stall limit then ends the connection.
+//! starts and resets that must stay in order with them, each in a buffer
+//! with room for the WebSocket header, which the writer seals in place, see
+//! [`crate::transport::wire`]) and control (resets the reader answers with,
+//! close frames, which tungstenite frames), writes up to [`WRITE_GROUP`]
+//! bytes of queued data frames per write to the socket, flushes the pongs
+//! the reader queued, and pings every `ping_period`. Every channel is
+//! bounded, so a service that stops reading makes the senders wait (local
+//! reads pause, the reader stops reading the service) instead of memory
+//! growing; the WebSocket's stall limit then ends the connection.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, tick, Receiver, Sender};
-use tungstenite::Bytes;
 
-use crate::transport::{self, wire, ShutdownHandle, WsWriter};
+use crate::transport::wire::Outgoing;
+use crate::transport::{self, ShutdownHandle, WsWriter};
 
 /// Frames waiting for the writer, from all local connections. With frames
 /// of at most 64 KiB this bounds that queue to about 2 MiB: enough to keep
@@ -46,9 +46,9 @@ pub(super) enum Control {
 /// The ways into one tunnel connection's writer.
 #[derive(Clone)]
 pub(super) struct Link {
-    /// DATA frames, and the starts and resets ordered with them, as
-    /// complete WebSocket frames.
-    pub data: Sender<Bytes>,
+    /// DATA frames, and the starts and resets ordered with them, each with
+    /// room for its WebSocket header.
+    pub data: Sender<Outgoing>,
     /// Frames whose order against data does not matter, and close frames.
     pub control: Sender<Control>,
     /// "The reader queued a reply (pong, close reply): send it." Holds one
@@ -77,14 +77,13 @@ impl Link {
 }
 
 /// [`Link::send_data`] for a holder of the data channel alone.
-pub(super) fn send_data(data: &Sender<Bytes>, frame: &[u8]) -> bool {
-    data.send(wire::frame(frame, &mut wire::Masks::new()))
-        .is_ok()
+pub(super) fn send_data(data: &Sender<Outgoing>, frame: &[u8]) -> bool {
+    data.send(Outgoing::copied(frame)).is_ok()
 }
 
 /// The writer's ends of a [`Link`].
 pub(super) struct Inputs {
-    data: Receiver<Bytes>,
+    data: Receiver<Outgoing>,
     control: Receiver<Control>,
     flush: Receiver<()>,
 }
@@ -181,8 +180,8 @@ fn write_loop(
 /// socket write.
 fn send_batch(
     ws: &mut WsWriter,
-    first: Bytes,
-    data: &Receiver<Bytes>,
+    first: Outgoing,
+    data: &Receiver<Outgoing>,
 ) -> Result<(), transport::TransportError> {
     let mut batch = Vec::with_capacity(4);
     let mut bytes = first.len();

@@ -27,6 +27,7 @@ use tungstenite::{Bytes, Message, WebSocket};
 
 use super::error::TransportError;
 use super::memio::{push_eof, swap_outbound, swap_received, Outer, TlsIo};
+use super::wire::{Masks, Outgoing};
 
 /// TLS layers and WebSocket state.
 pub(crate) struct State {
@@ -91,6 +92,7 @@ pub(crate) fn split(
             max_frame_size,
             ciphertext: Vec::new(),
             stall: None,
+            masks: Masks::new(),
         },
     )
 }
@@ -257,6 +259,8 @@ pub struct WsWriter {
     ciphertext: Vec<u8>,
     /// A write without progress for this long ends the connection.
     stall: Option<Duration>,
+    /// Masking keys of the data frames this side seals.
+    masks: Masks,
 }
 
 impl Drop for WsWriter {
@@ -329,12 +333,21 @@ impl WsWriter {
         self.with_state(|st| Ok(st.ws.send(Message::Binary(payload.into()))?))
     }
 
-    /// Writes each of `frames`, complete WebSocket frames built by
-    /// [`super::wire`], to TLS as they are, after whatever tungstenite has
-    /// queued (a pong), and the ciphertext to the socket at once; `frames`
-    /// is left empty (its allocation is kept). Refused, like any send,
-    /// once a close frame was sent or received.
-    pub fn send_wire(&mut self, frames: &mut Vec<Bytes>) -> Result<(), TransportError> {
+    /// Sends each of `frames` as a binary message: seals it in place (before
+    /// taking the state lock), writes it to TLS after whatever tungstenite
+    /// has queued (a pong), and the ciphertext to the socket at once.
+    /// `frames` is left empty (its allocation is kept). Refused, like any
+    /// send, once a close frame was sent or received.
+    pub fn send_wire(&mut self, frames: &mut Vec<Outgoing>) -> Result<(), TransportError> {
+        if let Some(big) = frames.iter().find(|f| f.len() > self.max_frame_size) {
+            return Err(TransportError::FrameTooLarge {
+                size: big.len(),
+                max: self.max_frame_size,
+            });
+        }
+        for f in frames.iter_mut() {
+            f.seal(self.masks.next_key());
+        }
         self.with_state(|st| {
             if !st.ws.can_write() {
                 frames.clear();
@@ -343,7 +356,7 @@ impl WsWriter {
             st.ws.flush()?;
             let tls = st.ws.get_mut();
             for f in frames.drain(..) {
-                tls.write_all(&f).map_err(TransportError::Io)?;
+                tls.write_all(f.bytes()).map_err(TransportError::Io)?;
             }
             Ok(())
         })

@@ -1,17 +1,21 @@
 //! WebSocket binary frames built in place around tunnel bytes, masked as RFC 6455
 //! requires of a client, for the writer to hand to TLS as they are.
 //!
-//! The data path's messages are most of what a proxy sends. Framing them
-//! where they were read (the local connection's read half leaves
-//! [`HEADER_ROOM`] bytes before the DATA frame) saves copying every byte into
-//! tungstenite's send buffer; tungstenite still frames everything else
-//! (pings, pongs, close, control messages) and reads everything.
+//! The data path's messages are most of what a proxy sends. The local
+//! connection's read half builds each DATA frame in the buffer it read into,
+//! with [`HEADER_ROOM`] bytes free before it, and sends that buffer as an
+//! [`Outgoing`]; the writer writes the header there and masks the payload
+//! in place ([`Outgoing::seal`]) just before encrypting it. So no byte is
+//! copied into tungstenite's send buffer, and the mask pass, which is the
+//! first to read bytes another thread received, leaves them in the cache
+//! that OpenSSL then reads them from. tungstenite still frames everything
+//! else (pings, pongs, close, control messages) and reads everything.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::ops::Range;
 
-use tungstenite::Bytes;
+use crate::buffers::BufferPool;
 
 /// Bytes to leave before a message for its frame header: the longest header
 /// a client sends (2 bytes, an 8-byte length, a 4-byte mask).
@@ -69,7 +73,7 @@ impl Masks {
 /// # Panics
 /// When `msg.start` is under the room the header needs, or `msg` lies
 /// outside `buf`: callers build the message at `HEADER_ROOM` or later.
-pub fn seal(buf: &mut [u8], msg: Range<usize>, mask: [u8; 4]) -> Range<usize> {
+fn seal(buf: &mut [u8], msg: Range<usize>, mask: [u8; 4]) -> Range<usize> {
     let (header, len) = header(msg.len(), mask);
     let start = msg.start - len;
     buf[start..msg.start].copy_from_slice(&header[..len]);
@@ -77,17 +81,89 @@ pub fn seal(buf: &mut [u8], msg: Range<usize>, mask: [u8; 4]) -> Range<usize> {
     start..msg.end
 }
 
-/// A frame of its own carrying `msg` (the small messages: stream starts
-/// and resets).
-pub fn frame(msg: &[u8], masks: &mut Masks) -> Bytes {
-    let mut buf = vec![0u8; HEADER_ROOM + msg.len()];
-    buf[HEADER_ROOM..].copy_from_slice(msg);
-    let range = seal(
-        &mut buf,
-        HEADER_ROOM..HEADER_ROOM + msg.len(),
-        masks.next_key(),
-    );
-    Bytes::from(buf).slice(range)
+/// One binary message for the writer, in a buffer with room for its frame
+/// header before it; sealed (framed and masked) by the writer. A pooled
+/// buffer goes back to its pool when the message is dropped.
+pub struct Outgoing {
+    buf: Vec<u8>,
+    /// The message before sealing, the whole frame after.
+    range: Range<usize>,
+    sealed: bool,
+    pool: Option<BufferPool>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("len", &self.range.len())
+            .field("sealed", &self.sealed)
+            .finish()
+    }
+}
+
+impl Outgoing {
+    /// `buf[msg]`, whose buffer goes back to `pool` once sent. A message
+    /// without [`HEADER_ROOM`] bytes before it (no caller builds one) is
+    /// copied into a buffer that has them.
+    pub fn pooled(buf: Vec<u8>, msg: Range<usize>, pool: &BufferPool) -> Outgoing {
+        if msg.start < HEADER_ROOM || msg.end > buf.len() || msg.start > msg.end {
+            let m = buf.get(msg).unwrap_or_default();
+            let out = Outgoing::copied(m);
+            pool.give(buf);
+            return out;
+        }
+        Outgoing {
+            buf,
+            range: msg,
+            sealed: false,
+            pool: Some(pool.clone()),
+        }
+    }
+
+    /// A copy of `msg` (the small messages: stream starts and resets, short reads).
+    pub fn copied(msg: &[u8]) -> Outgoing {
+        let mut buf = vec![0u8; HEADER_ROOM + msg.len()];
+        buf[HEADER_ROOM..].copy_from_slice(msg);
+        Outgoing {
+            range: HEADER_ROOM..buf.len(),
+            buf,
+            sealed: false,
+            pool: None,
+        }
+    }
+
+    /// Bytes of the message (before sealing) or of the frame (after).
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// True for an empty message.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The message's bytes before [`Outgoing::seal`], the frame's after.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+
+    /// Frames and masks the message in place with `mask` (once: later
+    /// calls change nothing) and returns the frame's bytes.
+    pub fn seal(&mut self, mask: [u8; 4]) -> &[u8] {
+        if !self.sealed {
+            self.range = seal(&mut self.buf, self.range.clone(), mask);
+            self.sealed = true;
+        }
+        &self.buf[self.range.clone()]
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            pool.give(std::mem::take(&mut self.buf));
+        }
+    }
 }
 
 /// The header of a masked binary frame of `len` payload bytes, and its length.
@@ -166,10 +242,33 @@ mod tests {
             assert!(h.is_final, "len {len}");
             assert_eq!(h.opcode, OpCode::Data(Data::Binary), "len {len}");
             assert!(payload == msg, "payload of {len} bytes differs");
-            let (h2, p2) = parse(&frame(&msg, &mut masks));
+            let mut out = Outgoing::copied(&msg);
+            let key = masks.next_key();
+            let once = out.seal(key).to_vec();
+            assert_eq!(out.seal(key), &once[..], "sealing twice changes nothing");
+            let (h2, p2) = parse(&once);
             assert_eq!(h2.opcode, OpCode::Data(Data::Binary));
-            assert!(p2 == msg, "frame() of {len} bytes differs");
+            assert!(p2 == msg, "a copied message of {len} bytes differs");
         }
+    }
+
+    #[test]
+    fn pooled_messages_go_back_to_their_pool_and_lacking_room_are_copied() {
+        let pool = BufferPool::new(2, 64);
+        let mut buf = pool.take();
+        buf[HEADER_ROOM..HEADER_ROOM + 3].copy_from_slice(b"abc");
+        let mut out = Outgoing::pooled(buf, HEADER_ROOM..HEADER_ROOM + 3, &pool);
+        let (_, p) = parse(out.seal([1, 2, 3, 4]));
+        assert_eq!(p, b"abc");
+        drop(out);
+        assert_eq!(format!("{pool:?}"), "BufferPool { size: 64, spare: 1 }");
+        // No room for a header: copied, and the buffer still comes back.
+        let mut buf = pool.take();
+        buf[..3].copy_from_slice(b"xyz");
+        let mut out = Outgoing::pooled(buf, 0..3, &pool);
+        let (_, p) = parse(out.seal([9, 8, 7, 6]));
+        assert_eq!(p, b"xyz");
+        assert_eq!(format!("{pool:?}"), "BufferPool { size: 64, spare: 1 }");
     }
 
     #[test]
