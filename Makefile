@@ -125,13 +125,14 @@ clean:
 #   make cross-test [TARGET=...]     ARM unit tests + end-to-end transfer under qemu-user
 #   make vendor-check                offline, --locked build from `cargo vendor`
 #   make install [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc] [TARGET=]
-#   make static [STATIC_TARGET=x86_64-unknown-linux-musl]   fully static, vendored OpenSSL
+#   make static [STATIC_TARGET=x86_64-unknown-linux-musl] [STATIC_PIE=no]   fully static, vendored OpenSSL
 CROSS_TARGETS := armv7-unknown-linux-gnueabihf aarch64-unknown-linux-gnu
 TARGET ?=
 PREFIX ?= /usr/local
 DESTDIR ?=
 SYSCONFDIR ?= /etc
 STATIC_TARGET ?= x86_64-unknown-linux-musl
+STATIC_PIE ?= yes
 
 .PHONY: cross cross-test cross-setup vendor-check install static
 
@@ -152,4 +153,4 @@ install: setup
 		bash cross/install.sh
 
 static:
-	bash cross/static.sh $(STATIC_TARGET)
+	STATIC_PIE=$(STATIC_PIE) bash cross/static.sh $(STATIC_TARGET)

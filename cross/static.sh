@@ -6,6 +6,13 @@
 #
 #   cross/static.sh [MUSL_TARGET]   default x86_64-unknown-linux-musl
 #
+# STATIC_PIE=no links a position-dependent executable instead of a static PIE:
+# nothing is relocated at start, so OpenSSL's tables stay clean file pages and
+# a connected proxy's private memory (RssAnon) drops from about 1.36 to
+# 0.85 MiB (x86_64, measured 2026-12-05). The price: the executable's code and
+# data sit at fixed addresses (no ASLR for them; stacks, heap and mappings
+# stay randomised). Only for devices that cannot spare the memory.
+#
 # x86_64 uses Debian's musl-tools (musl-gcc). For armv7-unknown-linux-musleabihf
 # or aarch64-unknown-linux-musl, Debian has no musl cross compiler: point
 # CC_<target> (e.g. CC_aarch64_unknown_linux_musl) and
@@ -38,11 +45,23 @@ fi
 rustup target list --installed | grep -qx "$target" || rustup target add "$target"
 
 cd "$ROOT_DIR"
+case "${STATIC_PIE:-yes}" in
+    yes) ;;
+    no) export RUSTFLAGS="${RUSTFLAGS:-} -C relocation-model=static" ;;
+    *) echo "static.sh: STATIC_PIE must be yes or no, not '${STATIC_PIE}'" >&2; exit 1 ;;
+esac
 "$CARGO" build --release --locked --target "$target" --features static --bin localproxy
 bin="target/$target/release/localproxy"
 if readelf -d "$bin" 2>/dev/null | grep NEEDED >/dev/null; then
     echo "static.sh: $bin still has dynamic dependencies:" >&2
     readelf -d "$bin" | grep NEEDED >&2
+    exit 1
+fi
+want=DYN
+[ "${STATIC_PIE:-yes}" = no ] && want=EXEC
+kind=$(readelf -h "$bin" | awk '/Type:/ {print $2}')
+if [ "$kind" != "$want" ]; then
+    echo "static.sh: $bin is of ELF type $kind, expected $want (STATIC_PIE=${STATIC_PIE:-yes})" >&2
     exit 1
 fi
 echo "static.sh: $bin ($(stat -c %s "$bin") bytes), static: $(file -b "$bin" | cut -d, -f1-5)"
