@@ -583,6 +583,45 @@ fn text_frame_is_an_error_not_data() {
 }
 
 #[test]
+fn data_frames_built_in_place_reach_a_server_as_binary_messages_after_a_queued_pong() {
+    with_deadline(20, || {
+        // What the server read, in order (its panics would not reach us).
+        let (got_tx, got) = mpsc::channel();
+        let (port, _seen) = spawn_ws_server(move |mut ws| {
+            ws.send(Message::Ping(b"p".to_vec().into())).unwrap();
+            for _ in 0..4 {
+                let m = ws.read().map_err(|e| e.to_string());
+                let _ = got_tx.send(m);
+            }
+        });
+        let (mut r, mut w) = Client::new(port).connect().unwrap().split();
+        assert_eq!(r.read().unwrap(), Incoming::Ping);
+        // No flush_control: the pong the reader queued goes first anyway.
+        let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut frames = vec![
+            wire::Outgoing::copied(b"one"),
+            wire::Outgoing::copied(&big),
+            wire::Outgoing::copied(b"three"),
+        ];
+        w.send_wire(&mut frames).unwrap();
+        assert!(frames.is_empty());
+        let want = [
+            Message::Pong(b"p".to_vec().into()),
+            Message::Binary(b"one".to_vec().into()),
+            Message::Binary(big.into()),
+            Message::Binary(b"three".to_vec().into()),
+        ];
+        for (i, w) in want.into_iter().enumerate() {
+            let m = got
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the server read a message")
+                .expect("a valid message");
+            assert!(m == w, "message {i}: got {m:?}");
+        }
+    });
+}
+
+#[test]
 fn frames_over_max_frame_size_are_errors_both_ways() {
     with_deadline(20, || {
         let (port, _seen) = spawn_ws_server(|mut ws| {
@@ -597,6 +636,13 @@ fn frames_over_max_frame_size_are_errors_both_ways() {
                 assert_eq!((size, max), (MAX_FRAME + 1, MAX_FRAME))
             }
             other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        let mut big = vec![wire::Outgoing::copied(&vec![0; MAX_FRAME + 1])];
+        match w.send_wire(&mut big) {
+            Err(TransportError::FrameTooLarge { size, max }) => {
+                assert_eq!((size, max), (MAX_FRAME + 1, MAX_FRAME))
+            }
+            other => panic!("expected FrameTooLarge from send_wire, got {other:?}"),
         }
         match r.read() {
             Err(TransportError::FrameTooLarge { max, .. }) => assert_eq!(max, MAX_FRAME),
