@@ -422,8 +422,9 @@ Environment:
   AWSIOT_TUNNEL_CLIENT_TOKEN   client token (like -i)
   AWSIOT_TUNNEL_ENDPOINT       service endpoint (like -e)
   AWSIOT_TUNNEL_REGION         region (like -r)
-  HTTPS_PROXY, https_proxy     web proxy to reach the service through
-                               (http://[USER:PASS@]HOST[:PORT])
+  https_proxy, HTTPS_PROXY     web proxy to reach the service through
+                               (http://[USER:PASS@]HOST[:PORT]); the
+                               lower-case name wins when both are set
   RUST_LOG                     log filter (overrides -v), e.g. localproxy=debug
 
 Settings (--settings-json FILE, defaults shown):

@@ -117,9 +117,10 @@ impl WebProxy {
         })
     }
 
-    /// From `HTTPS_PROXY`/`https_proxy` and `NO_PROXY`/`no_proxy` as `env`
-    /// gives them; `None` when unset or empty, or when `target_host` is
-    /// excluded by `NO_PROXY`.
+    /// From `https_proxy`/`HTTPS_PROXY` and `no_proxy`/`NO_PROXY` as `env`
+    /// gives them, the lower-case name first when both are set (as the
+    /// reference and curl read them); `None` when unset or empty, or when
+    /// `target_host` is excluded by `NO_PROXY`.
     pub fn from_env(
         env: &dyn Fn(&str) -> Option<String>,
         target_host: &str,
@@ -129,11 +130,11 @@ impl WebProxy {
                 .filter(|v| !v.trim().is_empty())
                 .or_else(|| env(b).filter(|v| !v.trim().is_empty()))
         };
-        let Some(value) = get("HTTPS_PROXY", "https_proxy") else {
+        let Some(value) = get("https_proxy", "HTTPS_PROXY") else {
             return Ok(None);
         };
         let proxy = WebProxy::parse(&value)?;
-        if let Some(no_proxy) = get("NO_PROXY", "no_proxy") {
+        if let Some(no_proxy) = get("no_proxy", "NO_PROXY") {
             if no_proxy_matches(&no_proxy, target_host) {
                 log::debug!(
                     "NO_PROXY excludes {target_host}: connecting directly, not via {proxy}"
@@ -454,6 +455,14 @@ mod tests {
         )
         .unwrap()
         .unwrap();
+        // The reference's precedence: the lower-case name wins.
+        assert_eq!(p.host(), "lower");
+        let p = WebProxy::from_env(
+            &env_of(&[("HTTPS_PROXY", "upper:2"), ("https_proxy", " ")]),
+            "host",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(p.host(), "upper");
         let bypass = WebProxy::from_env(
             &env_of(&[("HTTPS_PROXY", "p:1"), ("no_proxy", "localhost,.internal")]),
@@ -467,6 +476,16 @@ mod tests {
         )
         .unwrap();
         assert!(kept.is_some());
+        let bypass = WebProxy::from_env(
+            &env_of(&[
+                ("HTTPS_PROXY", "p:1"),
+                ("NO_PROXY", "other"),
+                ("no_proxy", "svc"),
+            ]),
+            "svc",
+        )
+        .unwrap();
+        assert!(bypass.is_none(), "no_proxy wins over NO_PROXY");
         assert!(WebProxy::from_env(&env_of(&[("HTTPS_PROXY", "ftp://x")]), "h").is_err());
     }
 }
