@@ -1,7 +1,9 @@
 //! A wrapper script written for the C++ reference, run against our binaries:
 //! it starts both proxies on the local service, waits for the reference's
 //! lifecycle lines with `grep -F` (as the reference's own UAT scripts do),
-//! moves data with bash's /dev/tcp, closes the tunnel and checks the exits.
+//! reads the ports the source picked from the reference's "New port
+//! mapping" lines, moves data with bash's /dev/tcp, closes the tunnel and
+//! checks the exits.
 //! If a stable line were reworded, this script would time out.
 
 mod common;
@@ -34,9 +36,9 @@ ready=$(grep READY "$WORK/svc.out")
 data=$(sed -n 's/.*data=\([^ ]*\).*/\1/p' <<<"$ready")
 api=$(sed -n 's/.*api=\([^ ]*\).*/\1/p' <<<"$ready")
 ca=$(sed -n 's/.*ca_dir=\([^ ]*\).*/\1/p' <<<"$ready")
-eval "$("$SVC" open --api "$api" --services SSH1 --format env)"
+eval "$("$SVC" open --api "$api" --services SSH1,WEB --format env)"
 
-AWSIOT_TUNNEL_ACCESS_TOKEN=$DESTINATION_TOKEN "$LP" -e "$data" -c "$ca" -d "SSH1=$ECHO" \
+AWSIOT_TUNNEL_ACCESS_TOKEN=$DESTINATION_TOKEN "$LP" -e "$data" -c "$ca" -d "SSH1=$ECHO,WEB=$ECHO" \
   >"$WORK/dst.log" 2>&1 &
 DST_PID=$!
 AWSIOT_TUNNEL_ACCESS_TOKEN=$SOURCE_TOKEN "$LP" -e "$data" -c "$ca" -m source \
@@ -46,8 +48,16 @@ wait_for_log "$WORK/dst.log" "Starting proxy in destination mode"
 wait_for_log "$WORK/dst.log" "Successfully established websocket connection with proxy server: wss://$data"
 wait_for_log "$WORK/src.log" "Starting proxy in source mode"
 wait_for_log "$WORK/src.log" "Successfully established websocket connection with proxy server: wss://$data"
+wait_for_log "$WORK/src.log" "Use port mapping:"
 wait_for_log "$WORK/src.log" "Listening for new connection on port "
-port=$(grep -F "Listening for new connection on port " "$WORK/src.log" | sed -n 's/.*on port \([0-9]*\).*/\1/p' | head -n 1)
+# No -s: the port picked for each service, from the reference's own lines.
+wait_for_log "$WORK/src.log" "Listen port assigned for service id SSH1. New port mapping:"
+wait_for_log "$WORK/src.log" "Listen port assigned for service id WEB. New port mapping:"
+port=$(grep -F "SSH1 = " "$WORK/src.log" | tail -n 1 | sed -n 's/.*SSH1 = \([0-9]*\)$/\1/p')
+web=$(grep -F "WEB = " "$WORK/src.log" | tail -n 1 | sed -n 's/.*WEB = \([0-9]*\)$/\1/p')
+[ -n "$port" ] && [ "$port" != 0 ] && [ -n "$web" ] && [ "$web" != "$port" ] \
+  || { echo "no port mapping lines: ssh '$port' web '$web'" >&2; cat "$WORK/src.log" >&2; exit 1; }
+grep -qF "Listening for new connection on port $port" "$WORK/src.log"
 
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 printf 'hello through the tunnel' >&3

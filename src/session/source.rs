@@ -19,6 +19,16 @@ pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunE
         .bind_address
         .clone()
         .unwrap_or_else(|| shared.config.settings.default_bind_address.clone());
+    if !on.is_empty() && on.iter().all(|spec| spec.port == 0) {
+        // No mapping was given: the reference's words for the ports it will
+        // pick, then one "New port mapping" per port (scripts read them).
+        log::info!("Use port mapping:");
+        log::info!("---------------------------------");
+        for spec in &on {
+            log::info!("{} = 0", spec.label);
+        }
+        log::info!("---------------------------------");
+    }
     let mut listeners = Vec::new();
     for spec in on {
         let l = tcp::bind_listener(&host, spec.port).map_err(|source| RunError::Listen {
@@ -34,6 +44,13 @@ pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunE
             "Listening for new connection on port {port} for service {}",
             spec.label
         );
+        if spec.port == 0 {
+            log::info!(
+                "Listen port assigned for service id {}. New port mapping: ",
+                spec.label
+            );
+            log::info!("{} = {port}", spec.label);
+        }
         let me = shared.clone();
         std::thread::Builder::new()
             .name("accept".into())
