@@ -600,10 +600,14 @@ fn config_dirs() {
         Some(&format!("Invalid configuration directory: {missing}")),
         "--config-dir",
     );
+    // The default ./config is read; a file in it that is not INI is
+    // skipped (as by the reference), a service mapped twice is refused.
     let dir = Scratch::new("defdir");
-    dir.file("config/services.ini", "SSH1 = 0\n");
+    dir.file("config/README", "Port mappings for this project.\n");
+    dir.file("config/more.ini", "SSH1 = 6666\n");
+    dir.file("config/services.ini", "SSH1 = 5555\n");
     let out = localproxy(&dir.0, &["-m", "src"], &BASE_ENV);
-    assert_usage_error(&out, &["services.ini, line 1"]);
+    assert_usage_error(&out, &["more.ini, line 1", "services.ini, line 1"]);
 }
 
 #[test]

@@ -264,3 +264,81 @@ fn stalled_reader_does_not_stop_the_other_connections() {
         .wait_for("stopped reading", Duration::from_secs(60));
     drop(stalled);
 }
+
+/// A mapping directory as the reference reads it: only the tunnel's
+/// services are looked up (an entry for another service, even an invalid
+/// one, is ignored), a file that is not INI is skipped with a warning, and a
+/// source picks a port for a service the directory lacks and prints the
+/// reference's "New port mapping" lines for it.
+#[test]
+fn config_dir_is_looked_up_by_the_tunnels_services() {
+    let _w = watchdog("config_dir_lookup", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1", "WEB"]);
+    let (echo_ssh, echo_web) = (echo_server(), echo_server());
+    let dir = temp_dir("config-dir-lookup");
+    let (dst_dir, src_dir) = (dir.join("dst"), dir.join("src"));
+    for d in [&dst_dir, &src_dir] {
+        std::fs::create_dir_all(d).expect("mkdir");
+        std::fs::write(d.join("README"), "Mappings for our devices.\n").expect("write");
+    }
+    std::fs::write(
+        dst_dir.join("devices.ini"),
+        format!("SSH1 = 127.0.0.1:{echo_ssh}\nRDP = notaport\nWEB = 127.0.0.1:{echo_web}\n"),
+    )
+    .expect("write");
+    std::fs::write(src_dir.join("ports.ini"), "SSH1 = 0\nRDP = 3389\n").expect("write");
+
+    let dst_arg = dst_dir.to_str().expect("utf-8 path");
+    let dest = proxy(
+        &service,
+        &tunnel.destination_token,
+        &["-m", "dst", "--config-dir", dst_arg, "-v", "5"],
+        "dst",
+    );
+    dest.stderr.wait_for(
+        "README, line 1: 'Mappings for our devices.' is not an .ini line",
+        SECS_20,
+    );
+    dest.stderr
+        .wait_for("devices.ini, line 2: 'RDP = notaport'", SECS_20);
+    dest.stderr.wait_for(
+        "Successfully established websocket connection with proxy server",
+        SECS_20,
+    );
+    let src_arg = src_dir.to_str().expect("utf-8 path");
+    let source = proxy(
+        &service,
+        &tunnel.source_token,
+        &["-m", "src", "--config-dir", src_arg, "-v", "5"],
+        "src",
+    );
+    source.stderr.wait_for("Use port mapping:", SECS_20);
+    let mut ports = Vec::new();
+    for id in ["SSH1", "WEB"] {
+        source.stderr.wait_for(
+            &format!("Listen port assigned for service id {id}. New port mapping:"),
+            SECS_20,
+        );
+        // The mapping block's "ID = 0" comes first, the picked port second.
+        let line = source
+            .stderr
+            .wait_for_nth(&format!("] {id} = "), 2, SECS_20);
+        let port: u16 = line
+            .rsplit(" = ")
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no port in {line:?}"));
+        assert_ne!(port, 0, "{line}");
+        assert_eq!(listening_port(&source, id), port);
+        ports.push(port);
+    }
+    assert_eq!(source.stderr.count("RDP"), 0, "{}", source.stderr.all());
+    for (port, echo) in [(ports[0], echo_ssh), (ports[1], echo_web)] {
+        let data = Arc::new(random_bytes(u64::from(port), 20_000));
+        let got = echo_through(connect(port), data.clone());
+        assert_eq!(sha256(&got), sha256(&data));
+        dest.stderr
+            .wait_for(&format!("Connected to 127.0.0.1, port: {echo}"), SECS_20);
+    }
+}

@@ -471,11 +471,12 @@ fn build(
                 .collect()
         }
         None => match get(Opt::ConfigDir) {
-            Some(g) => read_dir(Path::new(&g.value), mode)?,
-            None if default_config_dir.is_dir() => read_dir(default_config_dir, mode)?,
+            Some(g) => read_dir(Path::new(&g.value), mode, warnings)?,
+            None if default_config_dir.is_dir() => read_dir(default_config_dir, mode, warnings)?,
             None => Vec::new(),
         },
     };
+    let services_from_dir = implied.is_none() && !located.is_empty();
     if let Some((id, first, second)) = mapping::find_duplicate(&located) {
         return Err(ConfigError::DuplicateService { id, first, second });
     }
@@ -555,6 +556,7 @@ fn build(
         endpoint,
         mode,
         services,
+        services_from_dir,
         bind_address,
         capath,
         no_ssl_host_verify,
@@ -636,8 +638,14 @@ fn endpoint(
     }
 }
 
-fn read_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, ConfigError> {
-    mapping::read_config_dir(dir, mode).map_err(|issue| match issue {
+/// The mappings of a `--config-dir`; what it skipped becomes warnings,
+/// in the reference's words first.
+fn read_dir(
+    dir: &Path,
+    mode: Mode,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Located>, ConfigError> {
+    let read = mapping::read_config_dir(dir, mode).map_err(|issue| match issue {
         DirIssue::Unreadable {
             path,
             reason,
@@ -651,13 +659,15 @@ fn read_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, ConfigError> {
             path: dir.to_path_buf(),
             source,
         },
-        DirIssue::BadLine { path, line, issue } => ConfigError::InvalidMapping {
-            location: format!("{} file {}, line {line}", Opt::ConfigDir, path.display()),
-            item: issue.item,
-            reason: issue.reason,
-            reference: issue.reference,
-        },
-    })
+    })?;
+    for skipped in read.skipped {
+        warnings.push(format!(
+            "Fail to parse part of {} {}: {skipped}",
+            Opt::ConfigDir,
+            dir.display()
+        ));
+    }
+    Ok(read.found)
 }
 
 /// Writes the default settings JSON to `path` (`--export-default-settings`).
@@ -1082,9 +1092,25 @@ mod tests {
         let e = fail(&["-m", "src", "--config-dir", &m_str], &ENV);
         assert!(matches!(e, ConfigError::DuplicateService { .. }));
         assert!(e.to_string().contains("a.ini, line 1") && e.to_string().contains("b.ini"));
-        dir.file("m/b.ini", "SSH3 = 0\n");
-        let e = fail(&["-m", "src", "--config-dir", &m_str], &ENV);
-        assert!(e.to_string().contains("--config-dir file"), "{e}");
+        // As in the reference: 0 picks a port; what is not a mapping is
+        // skipped with a warning naming the place, not refused.
+        dir.file("m/b.ini", "SSH3 = 0\nSSH4 = x\n");
+        let (c, n) = run(&["-m", "src", "--config-dir", &m_str], &ENV);
+        assert!(c.services_from_dir);
+        let ids: Vec<_> = c
+            .services
+            .iter()
+            .map(|s| s.id.as_deref().unwrap())
+            .collect();
+        assert_eq!(ids, ["SSH1", "SSH2", "SSH3"]);
+        assert_eq!(c.services[2].target, Target::Listen(0));
+        assert!(
+            n.warnings
+                .iter()
+                .any(|w| w.contains("--config-dir") && w.contains("b.ini, line 2: 'SSH4 = x'")),
+            "{:?}",
+            n.warnings
+        );
     }
 
     #[test]

@@ -93,12 +93,6 @@ pub enum DirIssue {
         reason: String,
         source: Option<std::io::Error>,
     },
-    /// A line is not `ID = value`.
-    BadLine {
-        path: PathBuf,
-        line: usize,
-        issue: MappingIssue,
-    },
 }
 
 /// Deepest directory nesting read below a `--config-dir` (guards symlink loops).
@@ -287,49 +281,109 @@ pub fn find_duplicate(mappings: &[Located]) -> Option<(String, String, String)> 
     None
 }
 
-/// Reads every file below `dir` (recursively, in name order): lines
-/// `ID = port|host:port|path`, blank lines and `#` comments.
-pub fn read_config_dir(dir: &Path, mode: Mode) -> Result<Vec<Located>, DirIssue> {
+/// What a `--config-dir` gave: its mappings, and what was skipped and why.
+#[derive(Debug, Default)]
+pub struct DirMappings {
+    pub found: Vec<Located>,
+    /// One line per skipped file or entry, naming it (for warnings).
+    pub skipped: Vec<String>,
+}
+
+/// Reads every file below `dir` (recursively, in name order) as the
+/// reference does, as INI: `ID = port|host:port|path` lines at the top level,
+/// blank lines, `#` and `;` comments. Like the reference, it skips (with a
+/// note in [`DirMappings::skipped`]) rather than refuses what is not its
+/// business: a file that is not INI (a README, a YAML file) or cannot be
+/// read, and keys inside `[sections]`. An entry whose id or target is invalid
+/// is skipped too, with the reason: the reference would only fail on it if
+/// the tunnel has that service. Only the directory itself being unreadable
+/// is an error.
+pub fn read_config_dir(dir: &Path, mode: Mode) -> Result<DirMappings, DirIssue> {
     let mut files = Vec::new();
     collect_files(dir, 0, &mut files)?;
-    let mut out = Vec::new();
+    let mut out = DirMappings::default();
     for file in files {
-        let text = fs::read_to_string(&file).map_err(|e| DirIssue::Unreadable {
-            path: file.clone(),
-            reason: "cannot be read".to_string(),
-            source: Some(e),
-        })?;
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+        let text = match fs::read(&file) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(_) => {
+                    out.skipped.push(format!(
+                        "{}: not a text file in .ini format; skipped",
+                        file.display()
+                    ));
+                    continue;
+                }
+            },
+            Err(e) => {
+                out.skipped
+                    .push(format!("{}: cannot be read ({e}); skipped", file.display()));
                 continue;
             }
-            let bad = |issue: MappingIssue| DirIssue::BadLine {
-                path: file.clone(),
-                line: n + 1,
-                issue,
-            };
-            let Some((id, value)) = split_id(line) else {
-                return Err(bad(MappingIssue::new(
-                    line,
-                    "expected ID = value".to_string(),
-                    None,
-                )));
-            };
-            let id = id.trim();
-            check_id(id).map_err(|r| bad(MappingIssue::new(line, r, None)))?;
-            let target =
-                parse_target(value, mode).map_err(|r| bad(MappingIssue::target(line, value, r)))?;
-            out.push(Located {
+        };
+        match read_ini_mappings(&file, &text, mode) {
+            Ok((found, skipped)) => {
+                out.found.extend(found);
+                out.skipped.extend(skipped);
+            }
+            Err((line, what)) => out.skipped.push(format!(
+                "{}, line {line}: '{what}' is not an .ini line (ID = value); \
+                 the file is skipped",
+                file.display()
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// The top-level `ID = value` entries of one INI file, and the entries
+/// skipped (with why); `Err((line, text))` when a line is not INI.
+#[allow(clippy::type_complexity)]
+fn read_ini_mappings(
+    file: &Path,
+    text: &str,
+    mode: Mode,
+) -> Result<(Vec<Located>, Vec<String>), (usize, String)> {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    let mut section: Option<&str> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let at = || format!("{}, line {}", file.display(), n + 1);
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = Some(name);
+            continue;
+        }
+        let Some((id, value)) = split_id(line) else {
+            return Err((n + 1, line.to_string()));
+        };
+        let id = id.trim();
+        if let Some(section) = section {
+            skipped.push(format!(
+                "{}: '{id}' is in section [{section}], where service ids are not read; skipped",
+                at()
+            ));
+            continue;
+        }
+        // A source's 0 asks for a free port, as the reference reads it.
+        let target = check_id(id).and_then(|()| match mode {
+            Mode::Source if value.trim() == "0" => Ok(Target::Listen(0)),
+            _ => parse_target(value, mode),
+        });
+        match target {
+            Ok(target) => found.push(Located {
                 mapping: ServiceMapping {
                     id: Some(id.to_string()),
                     target,
                 },
-                location: format!("{}, line {}", file.display(), n + 1),
-            });
+                location: at(),
+            }),
+            Err(reason) => skipped.push(format!("{}: '{line}': {reason}; skipped", at())),
         }
     }
-    Ok(out)
+    Ok((found, skipped))
 }
 
 fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DirIssue> {
@@ -533,20 +587,64 @@ mod tests {
         )
         .unwrap();
         let got = read_config_dir(&dir, Mode::Destination).unwrap();
+        assert!(got.skipped.is_empty(), "{:?}", got.skipped);
+        let got = got.found;
         let ids: Vec<_> = got.iter().map(|l| l.mapping.id.clone().unwrap()).collect();
         assert_eq!(ids, ["SSH1", "WEB", "APP"]);
         assert_eq!(got[0].mapping.target, tcp("localhost", 22));
         assert!(got[1].location.ends_with("b.ini, line 1"));
-
-        fs::write(dir.join("c.ini"), "justaport\n").unwrap();
-        match read_config_dir(&dir, Mode::Destination) {
-            Err(DirIssue::BadLine { line: 1, path, .. }) => assert!(path.ends_with("c.ini")),
-            other => panic!("{other:?}"),
-        }
         fs::remove_dir_all(&dir).unwrap();
         assert!(matches!(
             read_config_dir(&dir, Mode::Source),
             Err(DirIssue::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn config_dir_skips_what_is_not_ini_as_the_reference_does() {
+        let dir = std::env::temp_dir().join(format!("lp-cfgskip-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // Not INI at all: the whole file is skipped, even its good lines.
+        fs::write(
+            dir.join("README"),
+            "SSH2 = 2222
+This is a readme
+",
+        )
+        .unwrap();
+        fs::write(dir.join("app.yaml"), "server:\n  port: 80\n").unwrap();
+        fs::write(dir.join("blob.bin"), [0xff, 0xfe, 0x00]).unwrap();
+        // INI: top-level keys are read; keys in sections and invalid
+        // entries are skipped one by one.
+        fs::write(
+            dir.join("m.ini"),
+            "SSH1 = 5555\nRDP = notaport\nBIG = 99999\n[db]\nDB = 5432\n",
+        )
+        .unwrap();
+        let got = read_config_dir(&dir, Mode::Source).unwrap();
+        let ids: Vec<_> = got
+            .found
+            .iter()
+            .map(|l| l.mapping.id.clone().unwrap())
+            .collect();
+        assert_eq!(ids, ["SSH1"]);
+        assert_eq!(got.found[0].mapping.target, Target::Listen(5555));
+        let skipped = got.skipped.join("\n");
+        for expected in [
+            "README, line 2: 'This is a readme' is not an .ini line",
+            "app.yaml, line 1: 'server:'",
+            "blob.bin: not a text file",
+            "m.ini, line 2: 'RDP = notaport'",
+            "m.ini, line 3: 'BIG = 99999': port 99999 is outside 1-65535",
+            "m.ini, line 5: 'DB' is in section [db]",
+        ] {
+            assert!(
+                skipped.contains(expected),
+                "{expected:?} not in:\n{skipped}"
+            );
+        }
+        assert_eq!(got.skipped.len(), 6, "{skipped}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -79,6 +79,11 @@ pub struct Config {
     pub mode: Mode,
     /// Empty means: source picks free ports for the advertised services.
     pub services: Vec<ServiceMapping>,
+    /// `services` came from a mapping directory (`--config-dir`, `./config`):
+    /// as in the reference, only the services the tunnel advertises are
+    /// looked up in it; a source picks a port for one it lacks, a
+    /// destination refuses to start.
+    pub services_from_dir: bool,
     /// `-b`: source listens on it, destination binds outgoing connections to it.
     pub bind_address: Option<String>,
     pub capath: Option<PathBuf>,

@@ -434,6 +434,9 @@ pub struct Machine<C> {
     targets: Vec<Target>,
     /// The service ids the tunnel advertised first; later ones must match.
     advertised: Option<BTreeSet<String>>,
+    /// Mappings read from a directory, looked up by the advertised ids
+    /// (instead of `named`/`table`, which they become).
+    pool: Option<Vec<(String, Target)>>,
     listening: bool,
     /// The current tunnel connection got as far as knowing its services.
     ready: bool,
@@ -464,11 +467,29 @@ impl<C: Clone> Machine<C> {
             table,
             targets,
             advertised: None,
+            pool: None,
             listening: false,
             ready: false,
             slots: Slots::new(max_connections),
             recent: Recent::default(),
         }
+    }
+
+    /// The mappings came from a mapping directory: as in the reference, the
+    /// services the tunnel advertises are looked up in them, the others are
+    /// ignored, and a source picks a port for an advertised one they lack (a
+    /// destination refuses to start).
+    pub fn with_directory_mappings(mut self, services: &[ServiceMapping]) -> Self {
+        self.pool = Some(
+            services
+                .iter()
+                .filter_map(|s| Some((s.id.clone()?, s.target.clone())))
+                .collect(),
+        );
+        self.named.clear();
+        self.table = None;
+        self.targets.clear();
+        self
     }
 
     /// The connection slots (shared with the connections' threads).
@@ -534,6 +555,22 @@ impl<C: Clone> Machine<C> {
                             mapped: self.named.clone(),
                             advertised: set,
                         });
+                    }
+                    if let Some(pool) = &self.pool {
+                        let find = |id: &String| pool.iter().find(|(p, _)| p == id);
+                        let missing: BTreeSet<String> = set
+                            .iter()
+                            .filter(|id| find(id).is_none())
+                            .cloned()
+                            .collect();
+                        if self.mode == Mode::Destination && !missing.is_empty() {
+                            return Err(ServicesError::NoDestination(missing));
+                        }
+                        self.targets = set
+                            .iter()
+                            .map(|id| find(id).map_or(Target::Listen(0), |(_, t)| t.clone()))
+                            .collect();
+                        self.table = Some(Table::new(set.iter().cloned().map(Some).collect()));
                     }
                     if self.table.is_none() {
                         if self.mode == Mode::Destination {
@@ -1307,5 +1344,53 @@ mod tests {
         connect(m.on_message(&msg(MessageType::STREAM_START, 4, "SSH1", 1), || "c"));
         assert_eq!(m.reset_all(), vec!["c"]);
         assert!(!m.is_ready());
+    }
+
+    #[test]
+    fn directory_mappings_are_looked_up_by_the_advertised_services() {
+        let pool = [
+            ServiceMapping {
+                id: Some("SSH1".into()),
+                target: Target::Listen(5555),
+            },
+            ServiceMapping {
+                id: Some("RDP".into()),
+                target: Target::Listen(3389),
+            },
+        ];
+        // A source: RDP is not the tunnel's (ignored), WEB is not in the
+        // directory (a port is picked), both in the advertised order.
+        let mut s: M =
+            Machine::new(Mode::Source, PeerVersion::V3, &pool, 128).with_directory_mappings(&pool);
+        let known = s
+            .services_known(Some(vec!["WEB".into(), "SSH1".into()]))
+            .expect("known");
+        assert_eq!(
+            known,
+            Known::Listen(vec![
+                ListenOn {
+                    service: 0,
+                    label: "SSH1".into(),
+                    port: 5555
+                },
+                ListenOn {
+                    service: 1,
+                    label: "WEB".into(),
+                    port: 0
+                },
+            ])
+        );
+        // A later connection must see the same services.
+        let e = s
+            .services_known(Some(vec!["SSH1".into()]))
+            .expect_err("changed");
+        assert!(matches!(e, ServicesError::Changed { .. }));
+        // A destination cannot pick: a service the directory lacks stops it.
+        let mut d: M = Machine::new(Mode::Destination, PeerVersion::V3, &pool, 128)
+            .with_directory_mappings(&pool);
+        let e = d
+            .services_known(Some(vec!["SSH1".into(), "WEB".into()]))
+            .expect_err("WEB has no destination");
+        assert_eq!(e, ServicesError::NoDestination(["WEB".to_string()].into()));
     }
 }

@@ -397,6 +397,11 @@ impl Shared {
             &config.services,
             config.settings.tcp_max_active_connections,
         );
+        let machine = if config.services_from_dir {
+            machine.with_directory_mappings(&config.services)
+        } else {
+            machine
+        };
         Shared {
             config,
             state: Mutex::new(State {

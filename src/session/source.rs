@@ -19,13 +19,14 @@ pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunE
         .bind_address
         .clone()
         .unwrap_or_else(|| shared.config.settings.default_bind_address.clone());
-    if !on.is_empty() && on.iter().all(|spec| spec.port == 0) {
-        // No mapping was given: the reference's words for the ports it will
-        // pick, then one "New port mapping" per port (scripts read them).
+    if shared.config.services_from_dir || on.iter().any(|spec| spec.port == 0) {
+        // The mapping was built from the advertised services (no -s): the
+        // reference's words for it, 0 for a port to pick, then one "New
+        // port mapping" per picked port (scripts read them).
         log::info!("Use port mapping:");
         log::info!("---------------------------------");
         for spec in &on {
-            log::info!("{} = 0", spec.label);
+            log::info!("{} = {}", spec.label, spec.port);
         }
         log::info!("---------------------------------");
     }
