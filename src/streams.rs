@@ -192,6 +192,34 @@ struct Service<C> {
     stream: Option<Stream<C>>,
 }
 
+/// Where this process starts numbering the streams it opens: a point
+/// picked at random in the lower quarter of the id space (then counting up,
+/// over 1.6 billion ids before a wrap). A proxy restarted into the same
+/// tunnel (`--client-token-file`) must not reuse the ids of the process
+/// before it: DATA of that process's streams may still be on its way, and
+/// would be handed to the new connection with the same id.
+fn first_stream_id() -> i32 {
+    // Unit tests read ids from 1.
+    if cfg!(test) {
+        1
+    } else {
+        random_first_stream_id()
+    }
+}
+
+fn random_first_stream_id() -> i32 {
+    use std::hash::{BuildHasher, RandomState};
+    // RandomState's keys come from the OS's random source; the clock and
+    // pid only add to them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let h = RandomState::new().hash_one((now, std::process::id()));
+    // In 1..=2^29: fits an i32 with room to count.
+    (h % (1 << 29)) as i32 + 1
+}
+
 /// The streams and connections of a tunnel.
 #[derive(Debug)]
 pub struct Table<C> {
@@ -208,7 +236,7 @@ impl<C> Table<C> {
                 .into_iter()
                 .map(|name| Service { name, stream: None })
                 .collect(),
-            next_stream_id: 1,
+            next_stream_id: first_stream_id(),
             next_serial: 1,
         }
     }
@@ -780,6 +808,17 @@ mod tests {
             single.find_service("WEB", 1),
             None,
             "a named mapping is not a wildcard"
+        );
+    }
+
+    #[test]
+    fn a_process_starts_its_stream_ids_at_a_random_point() {
+        let firsts: std::collections::BTreeSet<i32> =
+            (0..8).map(|_| random_first_stream_id()).collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
+        assert!(
+            firsts.iter().all(|&id| (1..=1 << 29).contains(&id)),
+            "{firsts:?}"
         );
     }
 

@@ -783,3 +783,51 @@ fn a_bound_connect_to_an_address_that_does_not_answer_gives_up_at_the_timeout() 
     let line = dest.stderr.wait_for("Cannot connect to", SECS_20);
     assert!(line.contains("timed out"), "{line}");
 }
+
+/// The stream id a source's log gives an accepted connection.
+fn accepted_stream_id(source: &Proc, nth: usize) -> i64 {
+    let line = source
+        .stderr
+        .wait_for_nth("Accepted tcp connection on port", nth, SECS_20);
+    line.split("stream ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no stream id in {line:?}"))
+}
+
+/// A source killed and restarted into the same tunnel must not reuse the
+/// stream ids of the process before it: the DATA of that process's streams
+/// may still be on its way (a black-holed path, a slow link), and a new
+/// connection with the same id would be handed another client's bytes.
+#[test]
+fn a_restarted_source_does_not_reuse_the_stream_ids_of_the_process_before_it() {
+    let _w = watchdog("restart_stream_ids", Duration::from_secs(60));
+    let file = temp_dir("source-token-file").join("client-token");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let src_extra = ["--client-token-file", file_arg];
+    let Pair {
+        service,
+        tunnel,
+        dest: _dest,
+        mut source,
+        port,
+    } = Pair::echo(PairOpts {
+        src_extra: &src_extra,
+        ..PairOpts::default()
+    });
+    echo_eventually(port, 1, 4096, SECS_20);
+    let before = accepted_stream_id(&source, 1);
+    source.child.kill().expect("kill");
+    source.child.wait().expect("wait");
+    let again = proxy(
+        &service,
+        &tunnel.source_token,
+        &["-m", "source", "--client-token-file", file_arg],
+        "src-again",
+    );
+    let port = listening_port(&again, "SSH1");
+    echo_eventually(port, 2, 4096, SECS_20);
+    let after = accepted_stream_id(&again, 1);
+    assert_ne!(before, after, "stream id {before} reused after a restart");
+}
