@@ -194,3 +194,49 @@ fn systemd_readiness_is_notified_once_the_tunnel_is_up() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stop while connecting: the service accepted the TCP connection and
+/// never answers the TLS handshake. The proxy exits 0 at once instead of
+/// waiting out its 15 s connect timeout (and trying again).
+#[test]
+fn sigterm_while_the_service_does_not_answer_the_connect_exits_0_at_once() {
+    let _w = watchdog("sigterm_connecting", Duration::from_secs(60));
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Hold every connection open, never writing a byte.
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let mut source = proxy_with(
+        port,
+        None,
+        "token-of-a-silent-service",
+        &["-m", "source"],
+        "src",
+        &[],
+        &fast_settings(),
+    );
+    accepted
+        .recv_timeout(SECS_20)
+        .expect("the proxy connects to the silent service");
+    source
+        .stderr
+        .wait_for("Attempting to establish web socket connection", SECS_20);
+    let t = Instant::now();
+    source.signal(libc::SIGTERM);
+    let code = source.wait_exit(Duration::from_secs(10));
+    let took = t.elapsed();
+    assert_eq!(code, 0, "{}", source.stderr.all());
+    assert!(took < Duration::from_millis(1500), "exit took {took:?}");
+    assert_eq!(
+        source.stderr.count("reconnect attempt"),
+        0,
+        "{}",
+        source.stderr.all()
+    );
+}

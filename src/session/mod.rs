@@ -255,22 +255,13 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
             "Attempting to establish web socket connection with endpoint wss://{}",
             transport::host_port(&cfg.endpoint.host, cfg.endpoint.port)
         );
-        let opts = transport::ConnectOptions {
-            endpoint: &cfg.endpoint,
-            mode: cfg.mode,
-            access_token: &cfg.access_token,
-            client_token: Some(&client_token),
-            subprotocol: &cfg.settings.subprotocol,
-            capath: cfg.capath.as_deref(),
-            no_ssl_host_verify: cfg.no_ssl_host_verify,
-            max_frame_size: cfg.settings.max_frame_size,
-            web_proxy: web_proxy.as_ref(),
-            connect_timeout: CONNECT_TIMEOUT,
-        };
-        let reason = match transport::connect(&opts) {
-            Err(e) if !e.is_retryable() => return Err(RunError::Refused(e)),
-            Err(e) => TunnelError::Connect(e),
-            Ok(conn) => {
+        let reason = match connect_unless_stopped(&shared, &client_token, web_proxy.as_ref(), &stop)
+        {
+            Attempt::Stopped => return Ok(()),
+            Attempt::NoThread(e) => TunnelError::Thread(e),
+            Attempt::Done(Err(e)) if !e.is_retryable() => return Err(RunError::Refused(e)),
+            Attempt::Done(Err(e)) => TunnelError::Connect(e),
+            Attempt::Done(Ok(conn)) => {
                 // systemd (Type=notify): ready once the tunnel is up; a
                 // repeated READY=1 after a reconnect is harmless.
                 crate::notify::notify_ready(&format!(
@@ -326,6 +317,64 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
         if stop.wait(delay) {
             return Ok(());
         }
+    }
+}
+
+/// How a connect attempt ended.
+// One value per attempt, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    Done(Result<transport::Connection, transport::ConnectError>),
+    /// A stop was requested first: the attempt is abandoned.
+    Stopped,
+    /// The attempt's thread could not be started, or vanished.
+    NoThread(std::io::Error),
+}
+
+/// Stack of the thread that connects (TLS handshake and certificate checks).
+const CONNECT_STACK: usize = 512 * 1024;
+
+/// Connects on a thread of its own, so a stop (SIGTERM) is not kept waiting
+/// by a service or web proxy that does not answer (up to
+/// [`CONNECT_TIMEOUT`] per step); the abandoned attempt ends with the
+/// process.
+fn connect_unless_stopped(
+    shared: &Arc<Shared>,
+    client_token: &Secret,
+    web_proxy: Option<&WebProxy>,
+    stop: &Stop,
+) -> Attempt {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (me, client_token, web_proxy) = (shared.clone(), client_token.clone(), web_proxy.cloned());
+    let spawned = std::thread::Builder::new()
+        .name("tunnel-connect".into())
+        .stack_size(CONNECT_STACK)
+        .spawn(move || {
+            let cfg = &me.config;
+            let opts = transport::ConnectOptions {
+                endpoint: &cfg.endpoint,
+                mode: cfg.mode,
+                access_token: &cfg.access_token,
+                client_token: Some(&client_token),
+                subprotocol: &cfg.settings.subprotocol,
+                capath: cfg.capath.as_deref(),
+                no_ssl_host_verify: cfg.no_ssl_host_verify,
+                max_frame_size: cfg.settings.max_frame_size,
+                web_proxy: web_proxy.as_ref(),
+                connect_timeout: CONNECT_TIMEOUT,
+            };
+            // Nobody listens any more when a stop came first.
+            let _ = tx.send(transport::connect(&opts));
+        });
+    if let Err(e) = spawned {
+        return Attempt::NoThread(e);
+    }
+    crossbeam_channel::select! {
+        recv(rx) -> done => match done {
+            Ok(result) => Attempt::Done(result),
+            Err(_) => Attempt::NoThread(std::io::Error::other("the connecting thread ended without an answer")),
+        },
+        recv(stop.woken()) -> _ => Attempt::Stopped,
     }
 }
 

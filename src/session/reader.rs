@@ -84,6 +84,20 @@ pub(super) fn serve(
         }),
         shutdown: shutdown.clone(),
     }));
+    if stop.is_set() {
+        // The stop came while connecting, before there was a connection to
+        // close: close this one as the signal would have.
+        let stop = stop.clone();
+        let late = move || stop.trigger();
+        if let Err(e) = std::thread::Builder::new()
+            .name("stop".into())
+            .stack_size(64 * 1024)
+            .spawn(late)
+        {
+            log::debug!("closing on a thread of its own: {e}; closing in the reader");
+            shutdown.shutdown();
+        }
+    }
     let mut decoder = FrameDecoder::new(settings.max_payload_size);
     let first = if v1_only {
         // V1 has no SERVICE_IDS: the mappings stand as configured.
