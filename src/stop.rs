@@ -58,12 +58,6 @@ impl Stop {
         self.is_set()
     }
 
-    /// Ready (once) when a stop is requested, for a `select!`; check
-    /// [`Stop::is_set`] first, as [`Stop::wait`] does.
-    pub fn woken(&self) -> &Receiver<()> {
-        &self.wake_rx
-    }
-
     /// Registers the live tunnel connection (None when it is gone).
     pub fn set_hook(&self, hook: Option<Hook>) {
         if let Ok(mut h) = self.hook.lock() {

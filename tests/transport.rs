@@ -295,6 +295,7 @@ impl Client {
             max_frame_size: MAX_FRAME,
             web_proxy: self.proxy.as_ref(),
             connect_timeout: Duration::from_secs(5),
+            on_socket: None,
         })
     }
 }

@@ -34,7 +34,7 @@ use crate::config::{Config, Mode};
 use crate::frame::FrameError;
 use crate::logging::Limiter;
 use crate::secret::Secret;
-use crate::stop::Stop;
+use crate::stop::{Hook, Stop};
 use crate::tcp::Closer;
 use crate::transport::{self, ConnectError, ProxyConfigError, TransportError, WebProxy};
 use machine::{Machine, Note, ServicesError};
@@ -258,7 +258,6 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
         let reason = match connect_unless_stopped(&shared, &client_token, web_proxy.as_ref(), &stop)
         {
             Attempt::Stopped => return Ok(()),
-            Attempt::NoThread(e) => TunnelError::Thread(e),
             Attempt::Done(Err(e)) if !e.is_retryable() => return Err(RunError::Refused(e)),
             Attempt::Done(Err(e)) => TunnelError::Connect(e),
             Attempt::Done(Ok(conn)) => {
@@ -325,57 +324,52 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
 #[allow(clippy::large_enum_variant)]
 enum Attempt {
     Done(Result<transport::Connection, transport::ConnectError>),
-    /// A stop was requested first: the attempt is abandoned.
+    /// A stop was requested during the attempt, which was abandoned.
     Stopped,
-    /// The attempt's thread could not be started, or vanished.
-    NoThread(std::io::Error),
 }
 
-/// Stack of the thread that connects (TLS handshake and certificate checks).
-const CONNECT_STACK: usize = 512 * 1024;
-
-/// Connects on a thread of its own, so a stop (SIGTERM) is not kept waiting
-/// by a service or web proxy that does not answer (up to
-/// [`CONNECT_TIMEOUT`] per step); the abandoned attempt ends with the
-/// process.
+/// Connects, with the connection under construction registered with
+/// `stop`: a stop (SIGTERM) shuts its socket down, so a service or web
+/// proxy that accepted and does not answer does not keep the proxy waiting
+/// for [`CONNECT_TIMEOUT`]. (Before the TCP connection exists, the wait is
+/// that of the TCP connect: at most the same timeout.)
 fn connect_unless_stopped(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     client_token: &Secret,
     web_proxy: Option<&WebProxy>,
     stop: &Stop,
 ) -> Attempt {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let (me, client_token, web_proxy) = (shared.clone(), client_token.clone(), web_proxy.cloned());
-    let spawned = std::thread::Builder::new()
-        .name("tunnel-connect".into())
-        .stack_size(CONNECT_STACK)
-        .spawn(move || {
-            let cfg = &me.config;
-            let opts = transport::ConnectOptions {
-                endpoint: &cfg.endpoint,
-                mode: cfg.mode,
-                access_token: &cfg.access_token,
-                client_token: Some(&client_token),
-                subprotocol: &cfg.settings.subprotocol,
-                capath: cfg.capath.as_deref(),
-                no_ssl_host_verify: cfg.no_ssl_host_verify,
-                max_frame_size: cfg.settings.max_frame_size,
-                web_proxy: web_proxy.as_ref(),
-                connect_timeout: CONNECT_TIMEOUT,
-            };
-            // Nobody listens any more when a stop came first.
-            let _ = tx.send(transport::connect(&opts));
-        });
-    if let Err(e) = spawned {
-        return Attempt::NoThread(e);
+    let cfg = &shared.config;
+    let on_socket = |handle: transport::ShutdownHandle| {
+        let now = handle.clone();
+        stop.set_hook(Some(Hook {
+            send_close: Box::new(move || now.shutdown()),
+            shutdown: handle.clone(),
+        }));
+        // A stop that came before the hook found nothing to shut down.
+        if stop.is_set() {
+            handle.shutdown();
+        }
+    };
+    let opts = transport::ConnectOptions {
+        endpoint: &cfg.endpoint,
+        mode: cfg.mode,
+        access_token: &cfg.access_token,
+        client_token: Some(client_token),
+        subprotocol: &cfg.settings.subprotocol,
+        capath: cfg.capath.as_deref(),
+        no_ssl_host_verify: cfg.no_ssl_host_verify,
+        max_frame_size: cfg.settings.max_frame_size,
+        web_proxy,
+        connect_timeout: CONNECT_TIMEOUT,
+        on_socket: Some(&on_socket),
+    };
+    let result = transport::connect(&opts);
+    stop.set_hook(None);
+    if stop.is_set() {
+        return Attempt::Stopped;
     }
-    crossbeam_channel::select! {
-        recv(rx) -> done => match done {
-            Ok(result) => Attempt::Done(result),
-            Err(_) => Attempt::NoThread(std::io::Error::other("the connecting thread ended without an answer")),
-        },
-        recv(stop.woken()) -> _ => Attempt::Stopped,
-    }
+    Attempt::Done(result)
 }
 
 /// `base` doubled for each failure after the first, capped.

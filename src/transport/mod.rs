@@ -37,7 +37,7 @@ use http::{read_head, HeadError};
 use memio::{MemIo, Outer, Pump, TlsIo};
 
 /// What [`connect`] needs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct ConnectOptions<'a> {
     pub endpoint: &'a Endpoint,
     pub mode: Mode,
@@ -57,6 +57,10 @@ pub struct ConnectOptions<'a> {
     pub web_proxy: Option<&'a WebProxy>,
     /// Bounds the whole connect: TCP, proxy, TLS and upgrade.
     pub connect_timeout: Duration,
+    /// Called once the TCP connection exists, with a handle that shuts it
+    /// down: the way to abandon the rest of the connect from another thread
+    /// (a stop request), which then fails at once.
+    pub on_socket: Option<&'a dyn Fn(ShutdownHandle)>,
 }
 
 /// An upgraded connection, ready to [`split`](Connection::split).
@@ -166,6 +170,13 @@ pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
     };
     if let Err(e) = sock.set_nodelay(true) {
         log::debug!("TCP_NODELAY on the tunnel socket: {e}");
+    }
+    if let Some(on_socket) = opts.on_socket {
+        // Shutting down a duplicate descriptor shuts down the socket.
+        match sock.try_clone() {
+            Ok(dup) => on_socket(ShutdownHandle::new(Arc::new(dup))),
+            Err(e) => log::debug!("no handle to abandon the connect with: {e}"),
+        }
     }
     log::debug!(
         "TCP connected to {} in {} ms",
