@@ -39,6 +39,9 @@ fn main() -> ExitCode {
         },
         Ok(Action::Run(config, notes)) => {
             logging::init(notes.verbosity);
+            if let Some(path) = &notes.settings_file {
+                log::info!("Using settings specified in file: {}", path.display());
+            }
             for warning in &notes.warnings {
                 log::warn!("{warning}");
             }

@@ -44,6 +44,12 @@ fn one_service_one_connection_with_rechunking() {
     let tunnel = service.open(&["SSH1"]);
     let echo = echo_server();
     let (_dest, source) = pair(&service, &tunnel, &format!("SSH1={echo}"), &[]);
+    // The reference's line for the --settings-json every test proxy gets.
+    let settings = fast_settings();
+    source.stderr.wait_for(
+        &format!("Using settings specified in file: {}", settings.display()),
+        SECS_20,
+    );
     let port = listening_port(&source, "SSH1");
     let data = Arc::new(random_bytes(1, 300_000));
     let got = echo_through(connect(port), data.clone());

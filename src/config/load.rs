@@ -56,6 +56,9 @@ pub struct RunNotes {
     /// Configuration warnings (token on the command line, unknown settings
     /// keys, ignored options). None holds a token value.
     pub warnings: Vec<String>,
+    /// `--settings-json`, for the reference's "Using settings specified in
+    /// file" line.
+    pub settings_file: Option<PathBuf>,
 }
 
 /// A value and where it came from.
@@ -192,6 +195,9 @@ pub fn parse_with_default_dir(
         RunNotes {
             verbosity,
             warnings,
+            settings_file: given
+                .get(&Opt::SettingsJson)
+                .map(|g| PathBuf::from(&g.value)),
         },
     ))
 }
@@ -523,7 +529,9 @@ fn build(
     let no_ssl_host_verify = match get(Opt::NoSslHostVerify) {
         None => false,
         Some(g) => match g.value.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => true,
+            // An empty value is true, as boost's bool parser reads it
+            // (`no-ssl-host-verify =` in a config file).
+            "" | "true" | "1" | "yes" | "on" => true,
             "false" | "0" | "no" | "off" => false,
             _ => {
                 return Err(invalid(
@@ -1132,6 +1140,9 @@ mod tests {
         let (c, _) = run(&["--config", &ini], &ENV);
         assert!(c.no_ssl_host_verify);
         assert_eq!(c.services.len(), 2);
+        let ini = dir.file("k1.ini", "no-ssl-host-verify =\nsource-listen-port = A=1\n");
+        let (c, _) = run(&["--config", &ini], &ENV);
+        assert!(c.no_ssl_host_verify, "empty is true, as for boost");
         let ini = dir.file("k2.ini", "no-ssl-host-verify = maybe\n");
         let e = fail(&["-s", "1", "--config", &ini], &ENV);
         assert!(e.to_string().contains("-k/--no-ssl-host-verify"));
