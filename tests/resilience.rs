@@ -612,9 +612,17 @@ fn a_stream_started_before_the_destination_joins_is_reset_and_data_then_flows() 
     early.write_all(b"anyone there?").expect("write");
     let first = wait_closed(&mut early, "connection before the destination", SECS_20);
     assert_eq!(first, b"");
+    let accepted = source
+        .stderr
+        .wait_for("Accepted tcp connection on port", SECS_20);
+    let stream = accepted
+        .split("stream ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no stream id in {accepted:?}"));
     source
         .stderr
-        .wait_for("Stream 1 reset by the peer", SECS_20);
+        .wait_for(&format!("Stream {stream} reset by the peer"), SECS_20);
     // Once the destination is there, data flows both ways (the service's
     // reset must not upset its backpressure accounting).
     let echo = echo_server();
