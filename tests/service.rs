@@ -457,7 +457,8 @@ fn relays_frames_between_source_and_destination() {
 #[test]
 fn rule_violations_close_the_client() {
     let svc = Svc::start(&[]);
-    let ct = "a".repeat(40);
+    // One client token per side: a token is unique across tunnel sides.
+    let (ct_src, ct_dst) = ("a".repeat(40), "b".repeat(40));
     let (_, src, dst) = svc.open(&["SSH1"], 10);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         (
@@ -506,8 +507,12 @@ fn rule_violations_close_the_client() {
         ("source", vec![0u8; 131_077], 1009, "131076"),
     ];
     for (mode, bytes, code, reason) in cases {
-        let token = if mode == "source" { &src } else { &dst };
-        let mut ws = join(&svc, mode, token, Some(&ct));
+        let (token, ct) = if mode == "source" {
+            (&src, &ct_src)
+        } else {
+            (&dst, &ct_dst)
+        };
+        let mut ws = join(&svc, mode, token, Some(ct));
         match recv(&mut ws, &mut FrameDecoder::default(), 1) {
             Event::Frames(_) => {}
             e => panic!("{e:?}"),
@@ -518,7 +523,7 @@ fn rule_violations_close_the_client() {
         assert_eq!(c, code, "{reason}: {r}");
         assert!(r.contains(reason), "{r:?} lacks {reason:?}");
     }
-    let mut ws = join(&svc, "source", &src, Some(&ct));
+    let mut ws = join(&svc, "source", &src, Some(&ct_src));
     ws.send(WsMessage::Text("hi".into())).expect("sent");
     let (c, r) = expect_close(&mut ws);
     assert_eq!(c, 1003);
@@ -808,4 +813,36 @@ fn state_file_is_private_and_a_planted_symlink_is_refused() {
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read(&victim).expect("victim"), b"{}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client token is unique across the open tunnels (the protocol guide):
+/// bound to one tunnel side, it is refused for the other side and for
+/// another tunnel, and free again once its tunnel is closed.
+#[test]
+fn a_client_token_is_unique_across_open_tunnels() {
+    let _w = common::watchdog("client_token_unique", std::time::Duration::from_secs(60));
+    let svc = Svc::start(&[]);
+    let (a, a_src, a_dst) = svc.open(&["SSH1"], 60);
+    let (_b, _b_src, b_dst) = svc.open(&["SSH1"], 60);
+    let ct = "c".repeat(32);
+    let _a_dst = join(&svc, "destination", &a_dst, Some(&ct));
+    for (mode, token) in [("source", &a_src), ("destination", &b_dst)] {
+        let (s, r) = connect(
+            &svc,
+            &format!("/tunnel?local-proxy-mode={mode}"),
+            &[
+                ("access-token", token),
+                ("client-token", &ct),
+                ("sec-websocket-protocol", V3),
+            ],
+        )
+        .map(|_| ())
+        .expect_err("a client token in use elsewhere");
+        assert_eq!(s, 403, "{mode}: {r}");
+        assert!(r.contains("client token already in use"), "{mode}: {r}");
+    }
+    // The same side reconnecting with it is still fine.
+    let _again = join(&svc, "destination", &a_dst, Some(&ct));
+    svc.ok("IoTSecuredTunneling.CloseTunnel", json!({"tunnelId": a}));
+    let _b_dst = join(&svc, "destination", &b_dst, Some(&ct));
 }

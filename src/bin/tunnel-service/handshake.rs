@@ -22,6 +22,7 @@
 //! | 13 | token of the other mode | 403 |
 //! | 14 | token bound to a client token, request without one or with another | 403 |
 //! | 15 | token already used by a handshake without client token | 403 |
+//! | 16 | client token already bound to another open tunnel or side | 403 |
 //!
 //! Success: `101 Switching Protocols` with the chosen `Sec-WebSocket-Protocol`
 //! (the most capable offered) and a random `channel-id`.

@@ -832,6 +832,20 @@ impl Registry {
             .get(token)
             .cloned()
             .ok_or_else(|| Refusal::new(403, "invalid access token"))?;
+        // A client token is unique across the open tunnels (the protocol
+        // guide): one bound to another tunnel or side cannot be bound here.
+        let taken_elsewhere = client_token.is_some_and(|given| {
+            inner.tunnels.iter().any(|(other, t)| {
+                t.open
+                    && Side::BOTH.iter().any(|&sd| {
+                        (*other != id || sd != side)
+                            && t.sides[sd.index()]
+                                .client_token
+                                .as_ref()
+                                .is_some_and(|c| c.expose() == given)
+                    })
+            })
+        });
         let t = inner
             .tunnels
             .get_mut(&id)
@@ -859,6 +873,12 @@ impl Registry {
                 return Err(Refusal::new(
                     403,
                     "access token already used (connect with a client token to reconnect)",
+                ))
+            }
+            (None, Some(_)) if taken_elsewhere => {
+                return Err(Refusal::new(
+                    403,
+                    "client token already in use by another open tunnel connection",
                 ))
             }
             (None, Some(given)) => s.client_token = Some(Secret::new(given)),
