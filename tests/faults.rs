@@ -520,8 +520,9 @@ fn a_destination_away_while_connections_start_strands_no_service() {
     let dest = proxy(&service, &tunnel.destination_token, &dest_args, "dst2");
     dest.stderr.wait_for(CONNECTED, SECS_20);
     // A connection opened in the instant the destination logs its return,
-    // before the service has attached it, is reset by the service; from
-    // then on every connection works at the first attempt.
+    // before the service has attached it, is dropped by the service and
+    // given up after the answer timeout; from then on every connection
+    // works at the first attempt.
     let back = Instant::now();
     for (i, p) in ports.iter().enumerate() {
         echo_eventually(*p, 10 + i as u64, 4096, Duration::from_secs(5));

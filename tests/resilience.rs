@@ -607,11 +607,10 @@ fn a_stream_started_before_the_destination_joins_is_reset_and_data_then_flows() 
     let tunnel = service.open(&["SSH1"]);
     let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
     let port = listening_port(&source, "SSH1");
-    // No destination yet: the service resets the stream at once.
+    // No destination yet: as the real service, ours says nothing back, and
+    // the connection waits.
     let mut early = connect(port);
     early.write_all(b"anyone there?").expect("write");
-    let first = wait_closed(&mut early, "connection before the destination", SECS_20);
-    assert_eq!(first, b"");
     let accepted = source
         .stderr
         .wait_for("Accepted tcp connection on port", SECS_20);
@@ -620,11 +619,8 @@ fn a_stream_started_before_the_destination_joins_is_reset_and_data_then_flows() 
         .nth(1)
         .and_then(|r| r.split(',').next())
         .unwrap_or_else(|| panic!("no stream id in {accepted:?}"));
-    source
-        .stderr
-        .wait_for(&format!("Stream {stream} reset by the peer"), SECS_20);
-    // Once the destination is there, data flows both ways (the service's
-    // reset must not upset its backpressure accounting).
+    // The destination attaches: the stream started without it is reset
+    // toward the source, which closes the waiting connection.
     let echo = echo_server();
     let dest = proxy(
         &service,
@@ -633,5 +629,12 @@ fn a_stream_started_before_the_destination_joins_is_reset_and_data_then_flows() 
         "dst",
     );
     dest.stderr.wait_for(CONNECTED, SECS_20);
+    source
+        .stderr
+        .wait_for(&format!("Stream {stream} reset by the peer"), SECS_20);
+    let first = wait_closed(&mut early, "connection before the destination", SECS_20);
+    assert_eq!(first, b"");
+    // Then data flows both ways (the reset must not upset the service's
+    // backpressure accounting).
     echo_eventually(port, 5, 1 << 20, SECS_20);
 }

@@ -395,7 +395,8 @@ fn handshake_refusal_matrix() {
 fn relays_frames_between_source_and_destination() {
     let svc = Svc::start(&[]);
     let (id, src, dst) = svc.open(&["SSH1", "WEB"], 10);
-    let mut d = join(&svc, "destination", &dst, None);
+    let dst_ct = "d".repeat(32);
+    let mut d = join(&svc, "destination", &dst, Some(&dst_ct));
     let mut s = join(&svc, "source", &src, None);
     let (mut dd, mut sd) = (FrameDecoder::default(), FrameDecoder::default());
     for (ws, dec) in [(&mut d, &mut dd), (&mut s, &mut sd)] {
@@ -442,9 +443,30 @@ fn relays_frames_between_source_and_destination() {
         WsMessage::Pong(p) => assert_eq!(&p[..], b"p1"),
         m => panic!("unexpected {m:?}"),
     }
-    // The destination goes away: the source gets a reset of its stream.
+    // The destination goes away: as the real service, ours tells the
+    // source nothing...
     d.close(None).expect("close");
     let _ = d.read();
+    s.get_ref()
+        .get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .expect("timeout");
+    match s.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the source heard of the destination's departure: {other:?}"),
+    }
+    // Back to a bound that fails the test instead of hanging it.
+    s.get_ref()
+        .get_ref()
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .expect("timeout");
+    // ...until a new destination connection replaces it: then the source
+    // gets a reset of its stream.
+    let _d2 = join(&svc, "destination", &dst, Some(&dst_ct));
     match recv(&mut s, &mut sd, 1) {
         Event::Frames(m) => assert_eq!(
             m,

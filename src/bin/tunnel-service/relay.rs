@@ -533,8 +533,7 @@ impl Relay {
     }
 
     /// Whether this client has more than PAUSE_ABOVE bytes waiting for it:
-    /// reading it could queue more for it (stream resets of streams it
-    /// starts without a peer), so a client that does not read is not read.
+    /// a client that does not read is not read.
     fn own_backlogged(&self) -> bool {
         self.conn.queued.load(Ordering::Acquire) > PAUSE_ABOVE
     }
@@ -608,13 +607,6 @@ impl Relay {
             &self.registry.pool,
         )
         .map_err(End::Violation)?;
-        let starts: Vec<(String, i32)> = events
-            .iter()
-            .filter_map(|e| match e {
-                StreamEvent::Start { service, stream } => Some((service.clone(), *stream)),
-                _ => None,
-            })
-            .collect();
         match self
             .registry
             .route(&self.tunnel_id, self.side, self.conn.id, events)
@@ -641,21 +633,9 @@ impl Relay {
                         self.side.peer()
                     );
                 }
-                // A stream cannot start without a peer: reset it at once.
-                let mut out = Vec::new();
-                for (svc, stream) in &starts {
-                    let m = message(MessageType::STREAM_RESET, *stream, svc, 0, b"");
-                    if encode_frame(&m, &mut out).is_err() {
-                        log::warn!("tunnel {}: could not encode a stream reset", self.tunnel_id);
-                    }
-                }
-                if !out.is_empty() {
-                    // Counted like bytes queued by the peer: next_message
-                    // subtracts every byte it sends, and an uncounted item
-                    // would wrap the counter and pause the peer for good.
-                    self.conn.queued.fetch_add(out.len(), Ordering::AcqRel);
-                    self.outq.push_back(Item::Bytes(out.into(), 0));
-                }
+                // As the real service: with no peer, nothing is said back
+                // (a stream started now is reset toward the source when a
+                // destination attaches, see Registry::register).
             }
         }
         Ok(())

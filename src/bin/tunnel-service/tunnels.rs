@@ -331,8 +331,9 @@ impl Tunnel {
         conn.send(Out::Bytes(out.into()));
     }
 
-    /// Detaches the connection of `side` (if any), closing it with `close`,
-    /// and resets the streams the other side had.
+    /// Detaches the connection of `side` (if any), closing it with `close`.
+    /// Its peer is told nothing: as with the real service, a peer learns of
+    /// a side gone only when a new connection of that side attaches.
     fn detach(&mut self, side: Side, close: Option<(u16, &str)>, now: f64) {
         if let Some(conn) = self.sides[side.index()].conn.take() {
             if let Some((code, reason)) = close {
@@ -342,7 +343,6 @@ impl Tunnel {
                 });
             }
             self.sides[side.index()].state_updated_at = now;
-            self.reset_streams_toward(side.peer());
         }
     }
 
@@ -919,8 +919,11 @@ impl Registry {
                 now,
             );
         }
+        t.sides[side.index()].conn = Some(conn);
+        // "The tunnel peer is replaced by a new peer" (the protocol guide):
+        // the streams started before are reset toward the other side.
+        t.reset_streams_toward(side.peer());
         let s = &mut t.sides[side.index()];
-        s.conn = Some(conn);
         s.state_updated_at = now;
         let f = &self.faults;
         let drop_after = match f.drop_after_bytes {
@@ -936,8 +939,7 @@ impl Registry {
         Ok(drop_after)
     }
 
-    /// Forgets connection `conn_id` of `side` if it is still current, and
-    /// resets the peer's streams.
+    /// Forgets connection `conn_id` of `side` if it is still current.
     pub fn unregister(&self, id: &str, side: Side, conn_id: u64) {
         let mut g = self.lock();
         if let Some(t) = g.tunnels.get_mut(id) {
@@ -960,10 +962,10 @@ impl Registry {
         for e in events {
             match e {
                 StreamEvent::Start { service, stream } => {
-                    if peer.is_some() {
-                        t.streams.retain(|(s, _)| *s != service);
-                        t.streams.push((service, stream));
-                    }
+                    // Kept with or without a peer: a destination that
+                    // attaches later resets it (see register).
+                    t.streams.retain(|(s, _)| *s != service);
+                    t.streams.push((service, stream));
                 }
                 StreamEvent::Reset { service, stream } => {
                     t.streams
