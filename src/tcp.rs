@@ -349,11 +349,16 @@ impl Conn {
 
     /// Runs the write half on the calling thread until the connection ends.
     pub fn run_write(mut self, half: WriteHalf) {
-        write_loop(&self.stream, half, &self.stats);
-        // The tunnel side is done with this connection (or the socket
-        // failed): everything given was written; end this direction and
-        // let the application finish (see [`Conn`]).
-        self.closed.store(true, Ordering::SeqCst);
+        if write_loop(&self.stream, half, &self.stats) {
+            // The tunnel side is done with this connection: everything
+            // given was written; what the application still sends is
+            // dropped (see [`Conn`]).
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        // Else the socket failed (the application reset it, possibly with
+        // a reply still unread by us): the read half forwards what it can
+        // still read, as TCP would deliver it, until the error or EOF.
+        // Either way, end this direction and let the application finish.
         self.stream.shutdown(Shutdown::Write);
         drop(self.read_running.take());
         if let Err(RecvTimeoutError::Timeout) = self.read_done.recv_timeout(LINGER) {
@@ -363,7 +368,9 @@ impl Conn {
     }
 }
 
-fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
+/// Writes what the tunnel sends; true when the tunnel side ended the
+/// connection, false when a write to the local socket failed.
+fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) -> bool {
     let pool = half.pool;
     // Payloads written with one system call: what is queued, up to a few.
     let mut batch: Vec<Vec<u8>> = Vec::with_capacity(WRITE_BATCH);
@@ -384,7 +391,7 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
     if let Some(chunk) = half.first {
         batch.push(chunk);
         if !write(&mut sock, &mut batch) {
-            return;
+            return false;
         }
     }
     let rx = half.from_tunnel;
@@ -395,7 +402,7 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
                     batch.push(chunk);
                     gather(&rx, &mut batch);
                     if !write(&mut sock, &mut batch) {
-                        return;
+                        return false;
                     }
                     break;
                 }
@@ -405,7 +412,7 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
                     Some(more) => after = more,
                     None => break,
                 },
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => return true,
             }
         }
     }
@@ -414,9 +421,10 @@ fn write_loop(mut sock: &LocalStream, half: WriteHalf, stats: &ConnStats) {
         batch.push(chunk);
         gather(&rx, &mut batch);
         if !write(&mut sock, &mut batch) {
-            return;
+            return false;
         }
     }
+    true
 }
 
 /// Adds what is already queued to `batch`, up to [`WRITE_BATCH`] payloads.

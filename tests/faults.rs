@@ -832,3 +832,86 @@ fn a_restarted_source_does_not_reuse_the_stream_ids_of_the_process_before_it() {
     let after = accepted_stream_id(&again, 1);
     assert_ne!(before, after, "stream id {before} reused after a restart");
 }
+
+/// A destination application that answers and closes with unread input (a
+/// reset), as an HTTP server refusing a request body does, while the client
+/// keeps sending: the answer, already in the destination's receive queue
+/// when the reset comes, reaches the client whole, as plain TCP delivers
+/// it. (A failed local write used to make the read half drop it.)
+#[test]
+fn an_answer_sent_before_the_application_resets_arrives_whole() {
+    let _w = watchdog("reset_after_answer", Duration::from_secs(120));
+    const ANSWER: usize = 30_000;
+    let answer = Arc::new(random_bytes(9, ANSWER));
+    let app = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let app_port = app.local_addr().expect("addr").port();
+    let served = answer.clone();
+    thread::spawn(move || {
+        for c in app.incoming().flatten() {
+            let answer = served.clone();
+            thread::spawn(move || {
+                let mut c = c;
+                let mut head = [0u8; 1000];
+                if c.read_exact(&mut head).is_err() || c.write_all(&answer).is_err() {
+                    return;
+                }
+                // Until every answer byte has left this socket (SIOCOUTQ),
+                // so the reset cannot discard any of it here.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let mut queued: libc::c_int = 0;
+                    // SAFETY: SIOCOUTQ writes one int for a TCP socket.
+                    let rc = unsafe {
+                        libc::ioctl(
+                            std::os::fd::AsRawFd::as_raw_fd(&c),
+                            libc::TIOCOUTQ,
+                            &mut queued,
+                        )
+                    };
+                    if rc != 0 || queued == 0 || Instant::now() > deadline {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(1)); // polling interval
+                }
+                // Dropped with the client's upload unread: a reset.
+            });
+        }
+    });
+    let Pair {
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        dest: _dest,
+        source: _source,
+    } = Pair::start(&format!("SSH1={app_port}"), PairOpts::default());
+    let mut cut = Vec::new();
+    for attempt in 0..30 {
+        let client = connect(port);
+        client
+            .set_read_timeout(Some(SECS_20))
+            .expect("read timeout");
+        let mut upload = client.try_clone().expect("clone");
+        let uploader = thread::spawn(move || {
+            let blob = vec![b'u'; 64 * 1024];
+            while upload.write_all(&blob).is_ok() {}
+        });
+        let mut got = Vec::new();
+        let mut reader = &client;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        uploader.join().expect("uploader");
+        if got[..] != answer[..] {
+            cut.push((attempt, got.len()));
+        }
+    }
+    assert!(
+        cut.is_empty(),
+        "answers cut (attempt, bytes of {ANSWER}): {cut:?}"
+    );
+}
