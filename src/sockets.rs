@@ -1,5 +1,6 @@
 //! Socket operations std lacks: an outgoing TCP connection bound to a chosen
-//! local address (`-b` on the destination side), with a timeout; TCP
+//! local address (`-b` on the destination side), with a timeout; a Unix
+//! socket connect with a timeout; TCP
 //! keepalive and `TCP_USER_TIMEOUT` for the tunnel socket; how many bytes a
 //! socket holds unread.
 
@@ -7,6 +8,9 @@ use std::io;
 use std::mem;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Connects to `target` from a socket bound to `bind` (host or IP, port 0),
@@ -51,6 +55,85 @@ pub fn connect_from(bind: &str, target: SocketAddr, timeout: Duration) -> io::Re
     }
     set_nonblocking(fd, false)?;
     Ok(TcpStream::from(owned))
+}
+
+/// Connects to the Unix stream socket at `path`, giving up after `timeout`
+/// (a service that does not accept fills its backlog, and a plain connect
+/// then waits until it accepts or dies).
+pub fn connect_unix(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "Unix socket path {} is empty, contains NUL or is longer than {} bytes",
+                path.display(),
+                addr.sun_path.len() - 1
+            ),
+        ));
+    }
+    for (d, b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *b as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own; OwnedFd closes it on error paths.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A blocking connect to a full backlog waits at most the send timeout
+    // (then fails with EAGAIN).
+    set_send_timeout(fd, timeout)?;
+    let len = mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    loop {
+        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
+        let rc = unsafe { libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connection timed out after {timeout:?} (the service does not accept: \
+                         its backlog is full)"
+                    ),
+                ))
+            }
+            _ => return Err(err),
+        }
+    }
+    set_send_timeout(fd, Duration::ZERO)?;
+    Ok(UnixStream::from(owned))
+}
+
+/// `SO_SNDTIMEO`; zero is none.
+fn set_send_timeout(fd: RawFd, timeout: Duration) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: SO_SNDTIMEO reads one timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {

@@ -177,7 +177,9 @@ pub fn bind_listener(host: &str, port: u16) -> io::Result<TcpListener> {
 /// (`-b`).
 pub fn connect_once(addr: &DestinationAddr, bind: Option<&str>) -> io::Result<LocalStream> {
     match addr {
-        DestinationAddr::Unix(path) => UnixStream::connect(path).map(LocalStream::Unix),
+        DestinationAddr::Unix(path) => {
+            crate::sockets::connect_unix(path, LOCAL_CONNECT_TIMEOUT).map(LocalStream::Unix)
+        }
         DestinationAddr::Tcp { host, port } => {
             let mut addrs: Vec<SocketAddr> = (host.as_str(), *port).to_socket_addrs()?.collect();
             addrs.sort_by_key(|a| !a.is_ipv4());

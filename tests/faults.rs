@@ -915,3 +915,53 @@ fn an_answer_sent_before_the_application_resets_arrives_whole() {
         "answers cut (attempt, bytes of {ANSWER}): {cut:?}"
     );
 }
+
+/// A Unix-socket service that does not accept (its backlog full): each
+/// connect gives up at the local connect timeout, as a TCP one does,
+/// instead of waiting in the kernel until the service accepts, holding its
+/// thread and connection slot for good.
+#[test]
+fn a_unix_socket_service_that_does_not_accept_gives_up_at_the_timeout() {
+    let _w = watchdog("unix_backlog", Duration::from_secs(90));
+    let dir = temp_dir("unix-backlog");
+    let path = dir.join("wedged.sock");
+    let wedged = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    // SAFETY: listen(2) on the listener's own descriptor, to shrink its backlog.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&wedged), 0) },
+        0
+    );
+    // Never accepted: the backlog is full from now on.
+    let _queued = std::os::unix::net::UnixStream::connect(&path).expect("fills the backlog");
+    let once = settings("unix_once", r#""connection_retry_count":"0""#, "");
+    let Pair {
+        dest,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        source: _source,
+    } = Pair::start(
+        &format!("SSH1={}", path.display()),
+        PairOpts {
+            dest_settings: Some(&once),
+            ..PairOpts::default()
+        },
+    );
+    let started = Instant::now();
+    let mut client = connect(port);
+    client.write_all(b"anyone?").expect("write");
+    assert!(
+        closed_within(&mut client, Duration::from_secs(20)),
+        "the connection hangs"
+    );
+    let took = started.elapsed();
+    let line = dest
+        .stderr
+        .wait_for(&format!("Cannot connect to {}", path.display()), SECS_20);
+    assert!(line.contains("timed out"), "{line}");
+    // One attempt of 10 s (LOCAL_CONNECT_TIMEOUT), then the reset.
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "gave up after {took:?}"
+    );
+}
