@@ -868,3 +868,61 @@ fn a_client_token_is_unique_across_open_tunnels() {
     svc.ok("IoTSecuredTunneling.CloseTunnel", json!({"tunnelId": a}));
     let _b_dst = join(&svc, "destination", &b_dst, Some(&ct));
 }
+
+/// As the protocol guide says of the real service: a message naming a
+/// service id that has had no STREAM_START in the tunnel closes its sender;
+/// once started (by the source), either side may name it, also after the
+/// stream was reset ("an active or previously active stream").
+#[test]
+fn a_service_id_must_have_had_a_stream_start_before_other_messages_name_it() {
+    let _w = common::watchdog("service_id_started", std::time::Duration::from_secs(60));
+    let svc = Svc::start(&[]);
+    let (_, src, dst) = svc.open(&["SSH1", "WEB"], 10);
+    let (ct_src, ct_dst) = ("s".repeat(32), "t".repeat(32));
+    let mut d = join(&svc, "destination", &dst, Some(&ct_dst));
+    let mut s = join(&svc, "source", &src, Some(&ct_src));
+    let (mut dd, mut sd) = (FrameDecoder::default(), FrameDecoder::default());
+    for (ws, dec) in [(&mut d, &mut dd), (&mut s, &mut sd)] {
+        match recv(ws, dec, 1) {
+            Event::Frames(_) => {} // SERVICE_IDS
+            e => panic!("{e:?}"),
+        }
+    }
+    // DATA for WEB before any STREAM_START for WEB: the source is closed.
+    send(
+        &mut s,
+        frames(&[message(MessageType::DATA, 7, "WEB", 1, b"early")]),
+    );
+    let (code, reason) = expect_close(&mut s);
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("no STREAM_START"), "{reason}");
+    // Started, then reset: both sides may still name it.
+    let mut s = join(&svc, "source", &src, Some(&ct_src));
+    match recv(&mut s, &mut sd, 1) {
+        Event::Frames(_) => {}
+        e => panic!("{e:?}"),
+    }
+    let started = [
+        message(MessageType::STREAM_START, 8, "WEB", 1, b""),
+        message(MessageType::STREAM_RESET, 8, "WEB", 0, b""),
+        message(MessageType::STREAM_START, 9, "WEB", 1, b""),
+        message(MessageType::DATA, 9, "WEB", 1, b"now"),
+    ];
+    send(&mut s, frames(&started));
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        match recv(&mut d, &mut dd, 1) {
+            Event::Frames(m) => got.extend(m),
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(got[3], message(MessageType::DATA, 9, "WEB", 1, b"now"));
+    send(
+        &mut d,
+        frames(&[message(MessageType::DATA, 9, "WEB", 1, b"reply")]),
+    );
+    match recv(&mut s, &mut sd, 1) {
+        Event::Frames(m) => assert_eq!(m, vec![message(MessageType::DATA, 9, "WEB", 1, b"reply")]),
+        e => panic!("{e:?}"),
+    }
+}

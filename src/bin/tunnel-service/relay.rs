@@ -84,12 +84,15 @@ impl From<FrameError> for Violation {
 
 /// Checks one frame sent by a client of `side` on a tunnel with `services`:
 /// `raw` as received (length prefix included) and `decoded` by the codec.
-/// Returns the stream event it carries, if any.
+/// Returns the stream event it carries, if any: starts and resets, and a
+/// message naming a service id not in `known` (those this connection
+/// already named), which the tunnel checks had a STREAM_START.
 pub fn validate(
     raw: &[u8],
     decoded: Decoded<'_>,
     side: Side,
     services: &[String],
+    known: &[String],
 ) -> Result<Option<StreamEvent>, Violation> {
     let m = match decoded {
         Decoded::Message(m) => m,
@@ -127,6 +130,12 @@ pub fn validate(
             service: m.serviceId.into_owned(),
             stream: m.streamId,
         }),
+        _ if !m.serviceId.is_empty() && !known.iter().any(|k| *k == m.serviceId) => {
+            Some(StreamEvent::Uses {
+                service: m.serviceId.into_owned(),
+                what: t,
+            })
+        }
         _ => None,
     })
 }
@@ -173,6 +182,7 @@ fn take_frames(
     data: &[u8],
     side: Side,
     services: &[String],
+    known: &[String],
     pool: &BufferPool,
 ) -> Result<(Bytes, Vec<StreamEvent>), Violation> {
     let most = data.len() + decoder.pending();
@@ -184,7 +194,7 @@ fn take_frames(
     };
     let mut events = Vec::new();
     decoder.decode_raw::<Violation, _>(data, |raw, decoded| {
-        if let Some(e) = validate(raw, decoded, side, services)? {
+        if let Some(e) = validate(raw, decoded, side, services, known)? {
             events.push(e);
         }
         out.extend_from_slice(raw);
@@ -255,6 +265,8 @@ struct Relay {
     relayed: u64,
     peer: Option<ConnHandle>,
     mode: Mode,
+    /// Service ids this client named that the tunnel found started.
+    known: Vec<String>,
 }
 
 fn is_would_block(e: &WsError) -> bool {
@@ -346,6 +358,7 @@ pub fn run(
         relayed: 0,
         peer: None,
         mode: Mode::Normal,
+        known: Vec::new(),
     };
     let end = relay.run_loop();
     let how = match &end {
@@ -389,7 +402,8 @@ impl Relay {
                     .route(&self.tunnel_id, self.side, self.conn.id, Vec::new())
                 {
                     Route::Peer(p) => self.peer = p,
-                    Route::Gone => self.peer = None,
+                    // No events, no violation.
+                    Route::Gone | Route::Violation(_) => self.peer = None,
                 }
                 paused = self.peer_backlogged();
             }
@@ -604,13 +618,22 @@ impl Relay {
             data,
             self.side,
             &services,
+            &self.known,
             &self.registry.pool,
         )
         .map_err(End::Violation)?;
+        let uses: Vec<String> = events
+            .iter()
+            .filter_map(|e| match e {
+                StreamEvent::Uses { service, .. } => Some(service.clone()),
+                _ => None,
+            })
+            .collect();
         match self
             .registry
             .route(&self.tunnel_id, self.side, self.conn.id, events)
         {
+            Route::Violation(reason) => return Err(End::Violation(Violation::policy(reason))),
             Route::Gone => {
                 // Replaced, rotated or closed: the Close is in our queue.
                 self.peer = None;
@@ -636,6 +659,11 @@ impl Relay {
                 // As the real service: with no peer, nothing is said back
                 // (a stream started now is reset toward the source when a
                 // destination attaches, see Registry::register).
+            }
+        }
+        for service in uses {
+            if !self.known.contains(&service) {
+                self.known.push(service);
             }
         }
         Ok(())
@@ -830,7 +858,7 @@ mod tests {
 
     fn check(f: &[u8], side: Side, svcs: &[String]) -> Result<Option<StreamEvent>, Violation> {
         let d = localproxy::frame::decode_message(&f[2..], MAX_PAYLOAD_SIZE)?;
-        validate(f, d, side, svcs)
+        validate(f, d, side, svcs, &[])
     }
 
     #[test]
@@ -867,15 +895,38 @@ mod tests {
     }
 
     #[test]
+    fn a_service_id_new_to_the_connection_is_reported_once_known_it_is_not() {
+        let svcs = vec!["A".to_string(), "B".to_string()];
+        let data = frame(&message(MessageType::DATA, 1, "B", 1, b"x"));
+        let d = localproxy::frame::decode_message(&data[2..], MAX_PAYLOAD_SIZE).expect("decodes");
+        let got = validate(&data, d, Side::Destination, &svcs, &svcs[..1]);
+        assert_eq!(
+            got,
+            Ok(Some(StreamEvent::Uses {
+                service: "B".into(),
+                what: MessageType::DATA
+            }))
+        );
+        let d = localproxy::frame::decode_message(&data[2..], MAX_PAYLOAD_SIZE).expect("decodes");
+        assert_eq!(
+            validate(&data, d, Side::Destination, &svcs, &svcs),
+            Ok(None)
+        );
+    }
+
+    #[test]
     fn frames_split_across_messages() {
         let svcs = vec!["A".to_string()];
         let mut bytes = frame(&message(MessageType::DATA, 1, "A", 1, b"hello"));
         bytes.extend(frame(&message(MessageType::STREAM_RESET, 1, "A", 0, b"")));
         let pool = BufferPool::new(1, 1000);
         let mut dec = FrameDecoder::default();
-        let (a, ev) = take_frames(&mut dec, &bytes[..5], Side::Source, &svcs, &pool).expect("ok");
+        // "A" is known to this connection: only the reset is an event.
+        let (a, ev) =
+            take_frames(&mut dec, &bytes[..5], Side::Source, &svcs, &svcs, &pool).expect("ok");
         assert!(a.is_empty() && ev.is_empty());
-        let (b, ev) = take_frames(&mut dec, &bytes[5..], Side::Source, &svcs, &pool).expect("ok");
+        let (b, ev) =
+            take_frames(&mut dec, &bytes[5..], Side::Source, &svcs, &svcs, &pool).expect("ok");
         assert_eq!(b, bytes);
         assert_eq!(ev.len(), 1);
         assert_eq!(dec.pending(), 0);
@@ -887,7 +938,7 @@ mod tests {
         let pool = BufferPool::new(1, 1000);
         let msg = frame(&message(MessageType::DATA, 1, "A", 1, &[5u8; 900]));
         let mut dec = FrameDecoder::default();
-        let (out, _) = take_frames(&mut dec, &msg, Side::Source, &svcs, &pool).expect("ok");
+        let (out, _) = take_frames(&mut dec, &msg, Side::Source, &svcs, &[], &pool).expect("ok");
         assert_eq!(out, msg);
         let at = out.as_ptr();
         drop(out);

@@ -1,7 +1,7 @@
 //! Tunnel state: tunnels, their access tokens, connected clients and the
 //! streams seen on each tunnel, behind one mutex shared by both planes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -193,6 +193,9 @@ struct Tunnel {
     sides: [SideState; 2],
     /// Current stream of each service id ("" for V1), from STREAM_START.
     streams: Vec<(String, i32)>,
+    /// Service ids that had a STREAM_START in the tunnel's life (since this
+    /// process started): the only ones other messages may name.
+    started: BTreeSet<String>,
 }
 
 impl Tunnel {
@@ -303,6 +306,7 @@ impl Tunnel {
             closed_at: (!open).then(Instant::now),
             sides: [side(sides.first()?)?, side(sides.get(1)?)?],
             streams: Vec::new(),
+            started: BTreeSet::new(),
         })
     }
 
@@ -402,8 +406,20 @@ pub struct Admission {
 /// A stream event seen in a client's frames, applied under the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamEvent {
-    Start { service: String, stream: i32 },
-    Reset { service: String, stream: i32 },
+    Start {
+        service: String,
+        stream: i32,
+    },
+    Reset {
+        service: String,
+        stream: i32,
+    },
+    /// A message of type `what` naming `service`, new to its connection:
+    /// the service must have had a STREAM_START in the tunnel's life.
+    Uses {
+        service: String,
+        what: MessageType,
+    },
 }
 
 /// What the relay learns when it routes frames.
@@ -412,6 +428,8 @@ pub enum Route {
     Peer(Option<ConnHandle>),
     /// This connection was replaced, rotated out or its tunnel closed.
     Gone,
+    /// The frames broke a rule of the tunnel's state: close the client.
+    Violation(String),
 }
 
 struct Inner {
@@ -615,6 +633,7 @@ impl Registry {
                 SideState::new(destination_token, now),
             ],
             streams: Vec::new(),
+            started: BTreeSet::new(),
         };
         let opened = Opened {
             tunnel_id: id.clone(),
@@ -961,7 +980,24 @@ impl Registry {
         let peer = t.sides[side.peer().index()].conn.clone();
         for e in events {
             match e {
+                StreamEvent::Uses { service, what } if !t.started.contains(&service) => {
+                    // The protocol guide: "a stream start message for the
+                    // specific service ID must be sent first. Otherwise,
+                    // the service will disconnect the client".
+                    return Route::Violation(format!(
+                        "{what:?} names service id {service:?}, which has had no STREAM_START"
+                    ));
+                }
+                StreamEvent::Uses { .. } => {}
+                StreamEvent::Reset { service, .. }
+                    if !service.is_empty() && !t.started.contains(&service) =>
+                {
+                    return Route::Violation(format!(
+                        "STREAM_RESET names service id {service:?}, which has had no STREAM_START"
+                    ));
+                }
                 StreamEvent::Start { service, stream } => {
+                    t.started.insert(service.clone());
                     // Kept with or without a peer: a destination that
                     // attaches later resets it (see register).
                     t.streams.retain(|(s, _)| *s != service);
