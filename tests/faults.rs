@@ -965,3 +965,46 @@ fn a_unix_socket_service_that_does_not_accept_gives_up_at_the_timeout() {
         "gave up after {took:?}"
     );
 }
+
+/// `tcp.connection_retry_count` -1 means no limit, as in the reference
+/// (whose default it was before 3.2): a local service that comes up late is
+/// waited for, and the connection opened meanwhile carries data once it is.
+#[test]
+fn a_retry_count_of_minus_one_waits_for_a_late_local_service() {
+    let _w = watchdog("retry_forever", Duration::from_secs(60));
+    let dir = temp_dir("late-service");
+    let path = dir.join("late.sock");
+    let forever = settings(
+        "retry_forever",
+        r#""connection_retry_count":"-1","connection_retry_delay_ms":"100""#,
+        "",
+    );
+    let Pair {
+        dest,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        source: _source,
+    } = Pair::start(
+        &format!("SSH1={}", path.display()),
+        PairOpts {
+            dest_settings: Some(&forever),
+            ..PairOpts::default()
+        },
+    );
+    let client = connect(port);
+    // More attempts than the default count allows (6), without a limit.
+    dest.stderr.wait_for("(attempt 8, no limit)", SECS_20);
+    let late = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    thread::spawn(move || {
+        for c in late.incoming().flatten() {
+            thread::spawn(move || {
+                let (mut r, mut w) = (&c, &c);
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    let data = Arc::new(random_bytes(11, 100_000));
+    let got = echo_through(client, data.clone());
+    assert_eq!(sha256(&got), sha256(&data));
+}

@@ -66,11 +66,18 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         slot,
     } = open;
     let s = &shared.config.settings;
-    // connection_retry_count is -1..=i64::MAX: at least one attempt, and a
-    // huge count means "keep trying", never an overflow.
-    let attempts = u64::try_from(s.tcp_connection_retry_count)
-        .unwrap_or(0)
-        .saturating_add(1);
+    // connection_retry_count is -1..=i64::MAX: -1 is no limit (as in the
+    // reference, whose default it was before 3.2); else at least one
+    // attempt, and a huge count means "keep trying", never an overflow.
+    // Either way the attempts end when the tunnel side closes the stream.
+    let attempts = match u64::try_from(s.tcp_connection_retry_count) {
+        Ok(retries) => retries.saturating_add(1),
+        Err(_) => u64::MAX,
+    };
+    let of = |attempt: u64| match attempts {
+        u64::MAX => format!("attempt {attempt}, no limit"),
+        n => format!("attempt {attempt} of {n}"),
+    };
     let delay = Duration::from_millis(s.tcp_connection_retry_delay_ms);
     let bind = shared.config.bind_address.as_deref();
     let target = tcp::describe(&addr);
@@ -103,8 +110,9 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
             Ok(stream) => break stream,
             Err(e) if attempt < attempts => {
                 log::warn!(
-                    "Cannot connect to {target} for service {label} (attempt {attempt} of \
-                     {attempts}): {e}; retrying in {delay:?}"
+                    "Cannot connect to {target} for service {label} ({}): {e}; retrying in \
+                     {delay:?}",
+                    of(attempt)
                 );
                 std::thread::sleep(delay);
             }
