@@ -262,7 +262,9 @@ fn bad_token(opt: Opt, g: &Given, reason: String, reference: Option<&'static str
 
 /// Checks the access token without ever echoing it.
 fn access_token(g: &Given) -> Result<Secret, ConfigError> {
-    let t = &g.value;
+    // Spaces around it (a copy and paste) are not part of it: an HTTP
+    // header value loses them anyway, and the reference sends it so.
+    let t = &g.value.trim_matches(' ').to_string();
     let fail =
         |reason: &str, reference| Err(bad_token(Opt::AccessToken, g, reason.into(), reference));
     if t.is_empty() {
@@ -282,7 +284,7 @@ fn access_token(g: &Given) -> Result<Secret, ConfigError> {
     }
     if t.contains(' ') {
         return fail(
-            "holds white space, which cannot be sent in an HTTP header",
+            "holds white space inside it, which no access token has (check what was pasted)",
             None,
         );
     }
@@ -1008,6 +1010,10 @@ mod tests {
         ));
         let e = fail(&["-s", "1", "-t", "SECRET with space"], &ENV);
         assert!(e.to_string().contains("-t/--access-token"));
+        assert!(!e.to_string().contains("SECRET"));
+        // Spaces around it are a copy and paste, not part of it.
+        let (c, _) = run(&["-s", "1", "-t", " SECRET-pasted "], &ENV);
+        assert_eq!(c.access_token.expose(), "SECRET-pasted");
         let e = fail(&["-s", "1", "-t", ""], &ENV);
         assert!(e.to_string().contains("is empty"));
         let e = fail(&["-s", "1", "-i", "SECRET-too-short"], &ENV);
