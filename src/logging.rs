@@ -11,12 +11,13 @@ use log::LevelFilter;
 /// Longest piece of untrusted text [`printable`] keeps.
 const PRINTABLE_MAX: usize = 256;
 
-/// The log level for a `-v` value: 0 off, 1 (fatal) and 2 error, 3 warn,
-/// 4 info, 5 debug, 6 and above trace.
+/// The log level for a `-v` value: 0 off, 1 fatal (the final error, which
+/// is printed whatever the level: no log line), 2 error, 3 warn, 4 info,
+/// 5 debug, 6 and above trace.
 pub fn level_for(verbosity: u8) -> LevelFilter {
     match verbosity {
-        0 => LevelFilter::Off,
-        1 | 2 => LevelFilter::Error,
+        0 | 1 => LevelFilter::Off,
+        2 => LevelFilter::Error,
         3 => LevelFilter::Warn,
         4 => LevelFilter::Info,
         5 => LevelFilter::Debug,
@@ -24,13 +25,15 @@ pub fn level_for(verbosity: u8) -> LevelFilter {
     }
 }
 
-/// Sets up the global logger on stderr (timestamp, level, module). `RUST_LOG`,
-/// when set and not empty, replaces the `-v` level. A second call does nothing.
+/// Sets up the global logger on stderr, in the reference's line format
+/// (see [`write_line`]). `RUST_LOG`, when set and not empty, replaces the
+/// `-v` level. A second call does nothing.
 pub fn init(verbosity: u8) {
     let mut builder = env_logger::Builder::new();
     builder
         .target(env_logger::Target::Stderr)
-        .filter_level(level_for(verbosity));
+        .filter_level(level_for(verbosity))
+        .format(|buf, record| write_line(buf, record.level(), record.args()));
     if level_for(verbosity) > LevelFilter::Debug {
         // tungstenite hex-dumps every frame at trace: slow and useless next
         // to our own trace lines. RUST_LOG can still ask for it.
@@ -43,6 +46,59 @@ pub fn init(verbosity: u8) {
     }
     // Fails only when a logger is already installed; keep that one.
     let _ = builder.try_init();
+}
+
+/// One log line as the reference's Boost.Log format writes it:
+/// `[2026-12-06 02:03:17.123456] (0x00007f5b8c0fd740) [info] message`, with
+/// the local time, the thread and the reference's severity names (`warning`,
+/// not `warn`), so what watches the reference's logs (`grep '\[error\]'`)
+/// watches ours.
+pub fn write_line(
+    out: &mut dyn std::io::Write,
+    level: log::Level,
+    message: &fmt::Arguments<'_>,
+) -> std::io::Result<()> {
+    let severity = match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    };
+    // SAFETY: pthread_self has no preconditions.
+    let thread = unsafe { libc::pthread_self() } as u64;
+    writeln!(
+        out,
+        "[{}] ({thread:#018x}) [{severity}] {message}",
+        local_time()
+    )
+}
+
+/// Now, in local time (`TZ`), to the microsecond.
+fn local_time() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = libc::time_t::try_from(now.as_secs()).unwrap_or(libc::time_t::MAX);
+    // SAFETY: tm is plain data (all zeroes is valid); localtime_r fills it
+    // from `secs` and returns null only on failure, checked below.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        (!libc::localtime_r(&secs, &mut tm).is_null()).then_some(tm)
+    };
+    match tm {
+        Some(tm) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec,
+            now.subsec_micros()
+        ),
+        None => format!("{}.{:06}", now.as_secs(), now.subsec_micros()),
+    }
 }
 
 /// Text from the network (a close reason, a status reason, a service id)
@@ -161,12 +217,41 @@ mod tests {
     #[test]
     fn verbosity_maps_like_the_reference() {
         assert_eq!(level_for(0), LevelFilter::Off);
-        assert_eq!(level_for(1), LevelFilter::Error);
+        assert_eq!(level_for(1), LevelFilter::Off);
         assert_eq!(level_for(2), LevelFilter::Error);
         assert_eq!(level_for(3), LevelFilter::Warn);
         assert_eq!(level_for(4), LevelFilter::Info);
         assert_eq!(level_for(5), LevelFilter::Debug);
         assert_eq!(level_for(6), LevelFilter::Trace);
         assert_eq!(level_for(255), LevelFilter::Trace);
+    }
+
+    #[test]
+    fn lines_are_in_the_reference_format() {
+        let mut out = Vec::new();
+        write_line(&mut out, log::Level::Warn, &format_args!("a {}", "b")).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        // [YYYY-MM-DD HH:MM:SS.ffffff] (0x<16 hex>) [warning] a b
+        let (stamp, rest) = line.split_once("] (0x").unwrap();
+        assert_eq!(stamp.len(), 27, "{line}");
+        assert_eq!(&stamp[..1], "[");
+        assert_eq!(
+            (&stamp[5..6], &stamp[11..12], &stamp[20..21]),
+            ("-", " ", ".")
+        );
+        let (thread, rest) = rest.split_once(") ").unwrap();
+        assert_eq!(thread.len(), 16, "{line}");
+        assert!(thread.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(rest, "[warning] a b\n");
+        for (level, word) in [
+            (log::Level::Error, "[error] "),
+            (log::Level::Info, "[info] "),
+            (log::Level::Debug, "[debug] "),
+            (log::Level::Trace, "[trace] "),
+        ] {
+            let mut out = Vec::new();
+            write_line(&mut out, level, &format_args!("x")).unwrap();
+            assert!(String::from_utf8(out).unwrap().contains(word));
+        }
     }
 }

@@ -469,7 +469,7 @@ fn too_many_service_ids_are_a_protocol_error_and_the_proxy_reconnects() {
         "SERVICE_IDS lists 5 services; a tunnel has at most 3",
         SECS_20,
     );
-    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("[warning]"), "{line}");
     source.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
     echo_eventually(port, 2, 1024, SECS_20);
 }

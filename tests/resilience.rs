@@ -288,7 +288,10 @@ fn connect_retry_count_2_gives_up_with_exit_4_after_3_attempts() {
         let line = p
             .stderr
             .wait_for(&format!("reconnect attempt {n} "), SECS_20);
-        assert!(line.contains("WARN") && line.contains("refused"), "{line}");
+        assert!(
+            line.contains("[warning]") && line.contains("refused"),
+            "{line}"
+        );
     }
     assert!(err.contains("after 3 attempt(s)"), "{err}");
 }
