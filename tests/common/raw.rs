@@ -295,3 +295,23 @@ pub fn expect_close(ws: &mut Ws) -> (u16, String) {
 pub fn send(ws: &mut Ws, bytes: Vec<u8>) {
     ws.send(WsMessage::Binary(bytes.into())).expect("sent");
 }
+
+/// Asserts that nothing arrives on `ws` for `quiet` (`what` says what would
+/// have been wrong), then restores the read bound of every test client.
+#[allow(dead_code)]
+pub fn assert_silent(ws: &mut Ws, quiet: Duration, what: &str) {
+    let sock = ws.get_ref().get_ref();
+    sock.set_read_timeout(Some(quiet)).expect("timeout");
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("{what}: {other:?}"),
+    }
+    ws.get_ref()
+        .get_ref()
+        .set_read_timeout(Some(WATCHDOG))
+        .expect("timeout");
+}
