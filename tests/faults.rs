@@ -993,8 +993,9 @@ fn a_retry_count_of_minus_one_waits_for_a_late_local_service() {
         },
     );
     let client = connect(port);
-    // More attempts than the default count allows (6), without a limit.
-    dest.stderr.wait_for("(attempt 8, no limit)", SECS_20);
+    // Attempts without a limit (the first five are logged; the warnings
+    // are rate-limited).
+    dest.stderr.wait_for("(attempt 5, no limit)", SECS_20);
     let late = std::os::unix::net::UnixListener::bind(&path).expect("bind");
     thread::spawn(move || {
         for c in late.incoming().flatten() {
@@ -1007,4 +1008,40 @@ fn a_retry_count_of_minus_one_waits_for_a_late_local_service() {
     let data = Arc::new(random_bytes(11, 100_000));
     let got = echo_through(client, data.clone());
     assert_eq!(sha256(&got), sha256(&data));
+}
+
+/// "Cannot connect" is a warning the peer can trigger at will (each start
+/// is an attempt): it is rate-limited like the others, five per 10 s, the
+/// rest counted.
+#[test]
+fn unreachable_local_service_warnings_are_rate_limited() {
+    let _w = watchdog("unreachable_flood", Duration::from_secs(60));
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed_port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let once = settings("unreachable_once", r#""connection_retry_count":"0""#, "");
+    let Pair {
+        dest,
+        port,
+        service: _service,
+        tunnel: _tunnel,
+        source: _source,
+    } = Pair::start(
+        &format!("SSH1={closed_port}"),
+        PairOpts {
+            dest_settings: Some(&once),
+            ..PairOpts::default()
+        },
+    );
+    for _ in 0..30 {
+        let mut c = connect(port);
+        c.write_all(b"x").expect("write");
+        assert!(closed_within(&mut c, SECS_20), "a connection hangs");
+    }
+    let lines = dest.stderr.count("Cannot connect to");
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} warnings for 30 failed connects:\n{}",
+        dest.stderr.all()
+    );
 }

@@ -109,20 +109,19 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         match tcp::connect_once(&addr, bind) {
             Ok(stream) => break stream,
             Err(e) if attempt < attempts => {
-                log::warn!(
+                shared.unreachable(&format_args!(
                     "Cannot connect to {target} for service {label} ({}): {e}; retrying in \
                      {delay:?}",
                     of(attempt)
-                );
+                ));
                 std::thread::sleep(delay);
             }
             Err(e) => {
-                log::warn!(
+                shared.unreachable(&format_args!(
                     "Cannot connect to {target} for service {label}: {e}; resetting stream {} \
                      connection {}",
-                    key.stream_id,
-                    key.conn_id
-                );
+                    key.stream_id, key.conn_id
+                ));
                 let frame = shared.lock().machine.connect_failed(&key);
                 if let Some(frame) = frame {
                     link.send_control(frame);

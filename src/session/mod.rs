@@ -451,7 +451,7 @@ impl Shared {
                 machine,
                 link: None,
             }),
-            limiter: Limiter::new(Note::CATEGORIES + 2),
+            limiter: Limiter::new(Note::CATEGORIES + 3),
             pool: BufferPool::new(POOL_DEPTH, POOL_BUFFER),
         }
     }
@@ -482,6 +482,14 @@ impl Shared {
     fn dropped(&self, what: &dyn fmt::Display) {
         self.limiter
             .log(Note::CATEGORIES + 1, log::Level::Warn, what);
+    }
+
+    /// Logs a warning about a local service that cannot be reached,
+    /// rate-limited: how often it comes is the peer's choice (each
+    /// STREAM_START or CONNECTION_START is an attempt).
+    fn unreachable(&self, what: &dyn fmt::Display) {
+        self.limiter
+            .log(Note::CATEGORIES + 2, log::Level::Warn, what);
     }
 
     /// Bytes read from a local socket at once.
