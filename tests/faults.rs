@@ -934,19 +934,8 @@ fn a_unix_socket_service_that_does_not_accept_gives_up_at_the_timeout() {
     // Never accepted: the backlog is full from now on.
     let _queued = std::os::unix::net::UnixStream::connect(&path).expect("fills the backlog");
     let once = settings("unix_once", r#""connection_retry_count":"0""#, "");
-    let Pair {
-        dest,
-        port,
-        service: _service,
-        tunnel: _tunnel,
-        source: _source,
-    } = Pair::start(
-        &format!("SSH1={}", path.display()),
-        PairOpts {
-            dest_settings: Some(&once),
-            ..PairOpts::default()
-        },
-    );
+    let pair = pair_with_destination_settings(&format!("SSH1={}", path.display()), &once);
+    let (dest, port) = (&pair.dest, pair.port);
     let started = Instant::now();
     let mut client = connect(port);
     client.write_all(b"anyone?").expect("write");
@@ -979,19 +968,8 @@ fn a_retry_count_of_minus_one_waits_for_a_late_local_service() {
         r#""connection_retry_count":"-1","connection_retry_delay_ms":"100""#,
         "",
     );
-    let Pair {
-        dest,
-        port,
-        service: _service,
-        tunnel: _tunnel,
-        source: _source,
-    } = Pair::start(
-        &format!("SSH1={}", path.display()),
-        PairOpts {
-            dest_settings: Some(&forever),
-            ..PairOpts::default()
-        },
-    );
+    let pair = pair_with_destination_settings(&format!("SSH1={}", path.display()), &forever);
+    let (dest, port) = (&pair.dest, pair.port);
     let client = connect(port);
     // Attempts without a limit (the first five are logged; the warnings
     // are rate-limited).
@@ -1020,19 +998,8 @@ fn unreachable_local_service_warnings_are_rate_limited() {
     let closed_port = closed.local_addr().expect("addr").port();
     drop(closed);
     let once = settings("unreachable_once", r#""connection_retry_count":"0""#, "");
-    let Pair {
-        dest,
-        port,
-        service: _service,
-        tunnel: _tunnel,
-        source: _source,
-    } = Pair::start(
-        &format!("SSH1={closed_port}"),
-        PairOpts {
-            dest_settings: Some(&once),
-            ..PairOpts::default()
-        },
-    );
+    let pair = pair_with_destination_settings(&format!("SSH1={closed_port}"), &once);
+    let (dest, port) = (&pair.dest, pair.port);
     for _ in 0..30 {
         let mut c = connect(port);
         c.write_all(b"x").expect("write");
@@ -1044,4 +1011,15 @@ fn unreachable_local_service_warnings_are_rate_limited() {
         "{lines} warnings for 30 failed connects:\n{}",
         dest.stderr.all()
     );
+}
+
+/// A pair (one service, SSH1) whose destination runs with `settings`.
+fn pair_with_destination_settings(map: &str, settings: &std::path::Path) -> Pair {
+    Pair::start(
+        map,
+        PairOpts {
+            dest_settings: Some(settings),
+            ..PairOpts::default()
+        },
+    )
 }

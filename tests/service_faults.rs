@@ -145,26 +145,6 @@ fn send_until_blocked(ws: &mut Ws, limit: usize) -> usize {
     panic!("{sent} bytes written without blocking: the service is still reading");
 }
 
-/// Asserts nothing arrives on `ws` for `ms` milliseconds (and no EOF).
-fn quiet_for(ws: &mut Ws, ms: u64) {
-    ws.get_ref()
-        .get_ref()
-        .set_read_timeout(Some(std::time::Duration::from_millis(ms)))
-        .expect("timeout");
-    match ws.read() {
-        Err(tungstenite::Error::Io(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => panic!("expected silence, got {other:?}"),
-    }
-    ws.get_ref()
-        .get_ref()
-        .set_read_timeout(Some(WATCHDOG))
-        .expect("timeout");
-}
-
 #[test]
 fn silence_stops_reading_and_writing_a_connection_until_it_is_replaced() {
     let _w = common::watchdog("silence", std::time::Duration::from_secs(60));
@@ -192,7 +172,11 @@ fn silence_stops_reading_and_writing_a_connection_until_it_is_replaced() {
     );
     d.send(WsMessage::Ping(b"p".to_vec().into()))
         .expect("ping sent");
-    quiet_for(&mut d, 500);
+    assert_silent(
+        &mut d,
+        std::time::Duration::from_millis(500),
+        "expected silence",
+    );
     assert_eq!(
         svc.describe(&id)["destinationConnectionState"]["status"],
         "CONNECTED"
