@@ -2,7 +2,7 @@
 //! local address (`-b` on the destination side), with a timeout; a Unix
 //! socket connect with a timeout; TCP
 //! keepalive and `TCP_USER_TIMEOUT` for the tunnel socket; how many bytes a
-//! socket holds unread.
+//! socket holds unread; aborting a TCP connection with a reset.
 
 use std::io;
 use std::mem;
@@ -310,10 +310,54 @@ pub fn readable_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// Aborts a TCP connection at once: the peer gets a reset (RST), not the
+/// end of a complete stream, what was not sent yet is dropped, and every
+/// thread blocked on the socket wakes with an error. (Linux: a `connect`
+/// to `AF_UNSPEC` disconnects the socket; the descriptor stays valid.)
+pub fn abort(sock: &TcpStream) -> io::Result<()> {
+    // SAFETY: sockaddr is plain data (all zeroes is valid); connect reads
+    // exactly `len` bytes of it.
+    let mut addr: libc::sockaddr = unsafe { mem::zeroed() };
+    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    let len = mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: a valid socket descriptor and a valid address of `len` bytes.
+    let rc = unsafe { libc::connect(sock.as_raw_fd(), &addr, len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::net::TcpListener;
+
+    #[test]
+    fn an_aborted_connection_is_reset_for_the_peer_and_wakes_local_readers() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            TcpStream::connect(listener.local_addr().expect("addr")).expect("connects");
+        let (server, _) = listener.accept().expect("accepts");
+        let server = std::sync::Arc::new(server);
+        let reader = {
+            let server = server.clone();
+            std::thread::spawn(move || (&*server).read(&mut [0u8; 16]))
+        };
+        // The reader is blocked (or about to be): abort must wake it either way.
+        abort(&server).expect("aborts");
+        let woke = reader.join().expect("reader thread");
+        assert!(matches!(woke, Err(_) | Ok(0)), "{woke:?}");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let err = client
+            .read(&mut [0u8; 16])
+            .expect_err("a reset, not an end of stream");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        assert!((&*server).write_all(b"late").is_err());
+    }
 
     #[test]
     fn outgoing_connection_is_bound_to_the_given_address() {

@@ -352,6 +352,16 @@ impl<C> Table<C> {
         Ok((key, ids, Opening::StreamStart))
     }
 
+    /// Whether `key` is a live connection (its serial still matches).
+    pub fn contains(&self, key: &ConnKey) -> bool {
+        self.services
+            .get(key.service)
+            .and_then(|svc| svc.stream.as_ref())
+            .filter(|st| st.id == key.stream_id)
+            .and_then(|st| st.conns.get(&key.conn_id))
+            .is_some_and(|e| e.serial == key.serial)
+    }
+
     /// The live stream and entry of `key`, if its serial still matches.
     fn entry_of(&mut self, key: &ConnKey) -> Option<(&mut Service<C>, u32)> {
         let svc = self.services.get_mut(key.service)?;
@@ -533,11 +543,17 @@ impl<C> Table<C> {
             .is_some_and(|st| st.conns.contains_key(&connection_id.max(1)))
     }
 
-    /// STREAM_RESET: closes every connection of the stream if it is current.
-    pub fn stream_reset(&mut self, service: ServiceIdx, stream_id: i32) -> Option<Vec<C>> {
+    /// STREAM_RESET: closes every connection of the stream if it is current;
+    /// also says which generation the stream spoke.
+    pub fn stream_reset(
+        &mut self,
+        service: ServiceIdx,
+        stream_id: i32,
+    ) -> Option<(Vec<C>, PeerVersion)> {
         self.current(service, stream_id)?;
         let st = self.services[service].stream.take()?;
-        Some(st.into_handles())
+        let version = st.version;
+        Some((st.into_handles(), version))
     }
 
     /// CONNECTION_RESET: closes one connection of the current stream. The
@@ -709,9 +725,11 @@ mod tests {
         assert_eq!(t.connection_reset(1, 9, 1), Some("a"));
         assert!(t.is_current(1, 9), "stream survives a connection reset");
         assert_eq!(t.remove(&k2).map(|(h, _)| h), Some("b"));
-        t.connection_start(1, 9, "WEB", 3, "e").expect("opens");
+        let (k3, ..) = t.connection_start(1, 9, "WEB", 3, "e").expect("opens");
         assert!(t.has_connection(1, 9, 3));
-        assert_eq!(t.stream_reset(1, 9), Some(vec!["e"]));
+        assert!(t.contains(&k3) && !t.contains(&k2));
+        assert_eq!(t.stream_reset(1, 9), Some((vec!["e"], PeerVersion::V3)));
+        assert!(!t.contains(&k3));
         assert!(!t.is_current(1, 9));
     }
 

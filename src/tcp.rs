@@ -67,6 +67,23 @@ impl LocalStream {
         };
     }
 
+    /// Ends the connection because data was lost (the tunnel went away, the
+    /// application stopped reading, the peer reset the whole stream): TCP
+    /// gets a reset, so the application sees an error rather than a clean
+    /// end of a stream that was cut. A Unix socket has no reset: it is shut
+    /// down both ways.
+    pub fn abort(&self) {
+        match self {
+            LocalStream::Tcp(s) => {
+                if let Err(e) = crate::sockets::abort(s) {
+                    log::debug!("Cannot reset a local connection ({e}): closing it");
+                    self.shutdown(Shutdown::Both);
+                }
+            }
+            LocalStream::Unix(_) => self.shutdown(Shutdown::Both),
+        }
+    }
+
     /// The other end, for logs: `IP:PORT`, or the socket path.
     pub fn peer(&self) -> String {
         match self {
@@ -135,8 +152,8 @@ impl Write for &LocalStream {
     }
 }
 
-/// Lets the session force a connection closed (a local application that
-/// stopped reading). Empty until the connection's socket exists.
+/// Lets the session abort a connection whose data was lost (see
+/// [`LocalStream::abort`]). Empty until the connection's socket exists.
 #[derive(Debug, Default)]
 pub struct Closer(OnceLock<Arc<LocalStream>>);
 
@@ -146,10 +163,10 @@ impl Closer {
         let _ = self.0.set(stream);
     }
 
-    /// Shuts the socket down both ways (when it exists), so both halves end.
-    pub fn close(&self) {
+    /// Aborts the connection (when its socket exists); both halves end.
+    pub fn abort(&self) {
         if let Some(s) = self.0.get() {
-            s.shutdown(Shutdown::Both);
+            s.abort();
         }
     }
 }
@@ -294,6 +311,7 @@ pub struct WriteHalf {
 /// block nor fail, until the application closes too or [`LINGER`] passes,
 /// after which the socket closes with whatever is unread (the application
 /// then sees a reset, the right signal for data nobody will deliver).
+/// A connection whose data was lost is aborted instead ([`Closer::abort`]).
 pub struct Conn {
     stream: Arc<LocalStream>,
     stats: Arc<ConnStats>,

@@ -1023,3 +1023,150 @@ fn pair_with_destination_settings(map: &str, settings: &std::path::Path) -> Pair
         },
     )
 }
+
+/// Reads `s` until it ends; true when it ended with a reset (the proxy
+/// aborted it), false on a clean end of stream.
+fn ends_with_reset(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) => panic!("neither an end nor a reset: {e}"),
+        }
+    }
+}
+
+/// A pair whose destination serves SSH1 with `app`, and one local
+/// connection through it, accepted by `app`, with a first payload across.
+fn one_connection(app: &TcpListener, o: PairOpts<'_>) -> (Pair, TcpStream, TcpStream) {
+    let app_port = app.local_addr().expect("addr").port();
+    let pair = Pair::start(&format!("SSH1={app_port}"), o);
+    let mut client = connect(pair.port);
+    client.write_all(b"hello").expect("write");
+    let (mut served, _) = app.accept().expect("accept");
+    served.set_read_timeout(Some(SECS_20)).expect("timeout");
+    let mut hello = [0u8; 5];
+    served.read_exact(&mut hello).expect("first payload");
+    assert_eq!(&hello, b"hello");
+    (pair, client, served)
+}
+
+/// The destination's tunnel connection is lost in the middle of a local
+/// connection: what was in flight is gone, so the application gets a reset
+/// (ECONNRESET), not the clean end of a cut stream it would take for a
+/// complete one.
+#[test]
+fn a_lost_tunnel_resets_the_local_connections_it_carried() {
+    let _w = watchdog("lost_tunnel_reset", Duration::from_secs(60));
+    let app = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (pair, _client, mut served) = one_connection(&app, PairOpts::default());
+    local_test(
+        &pair.service,
+        "LocalTest.Drop",
+        serde_json::json!({"tunnelId": pair.tunnel.id, "side": "destination"}),
+    );
+    assert!(
+        ends_with_reset(&mut served, SECS_20),
+        "the application saw a clean end of stream"
+    );
+}
+
+/// An application that stops reading has its connection given up (its
+/// queue full for a second); the bytes it did not take are lost, so it gets
+/// a reset after what had reached it, not a clean end.
+#[test]
+fn an_application_that_stops_reading_is_reset_not_ended() {
+    let _w = watchdog("stalled_app_reset", Duration::from_secs(90));
+    let app = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (pair, client, mut served) = one_connection(&app, PairOpts::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let chunk = vec![7u8; 64 * 1024];
+            client
+                .set_write_timeout(Some(Duration::from_millis(200)))
+                .expect("timeout");
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match (&client).write(&chunk) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    // The application does not read until the destination gives it up.
+    pair.dest
+        .stderr
+        .wait_for("stopped reading", Duration::from_secs(40));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().expect("writer");
+    assert!(
+        ends_with_reset(&mut served, SECS_20),
+        "the application saw a clean end of stream"
+    );
+}
+
+/// A connection reset from the tunnel side while the destination is still
+/// retrying its connect (its first payload already taken) ends the retries
+/// at once: the slot comes back, and its data never reaches a local
+/// service that comes up later.
+#[test]
+fn a_reset_while_connecting_ends_the_connect_retries() {
+    let _w = watchdog("reset_while_connecting", Duration::from_secs(60));
+    let dir = temp_dir("reset-connecting");
+    let path = dir.join("late.sock");
+    let one_slot = settings(
+        "reset_connecting",
+        r#""connection_retry_count":"-1","connection_retry_delay_ms":"100","max_active_connections":"1""#,
+        "",
+    );
+    let pair = Pair::start(
+        &format!("SSH1={}", path.display()),
+        PairOpts {
+            dest_settings: Some(&one_slot),
+            dest_extra: &["-v", "5"],
+            ..PairOpts::default()
+        },
+    );
+    let (dest, port) = (&pair.dest, pair.port);
+    let mut first = connect(port);
+    first.write_all(b"from a dead connection").expect("write");
+    dest.stderr.wait_for("(attempt 2, no limit)", SECS_20);
+    drop(first);
+    dest.stderr.wait_for(
+        "closed from the tunnel side before it connected: not connecting",
+        SECS_20,
+    );
+    let late = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    {
+        let seen = seen.clone();
+        thread::spawn(move || {
+            for c in late.incoming().flatten() {
+                let seen = seen.clone();
+                thread::spawn(move || {
+                    let mut buf = vec![0u8; 64];
+                    let n = (&c).read(&mut buf).unwrap_or(0);
+                    seen.lock().expect("lock").push(buf[..n].to_vec());
+                    let _ = (&c).write_all(&buf[..n]);
+                    let (mut r, mut w) = (&c, &c);
+                    let _ = std::io::copy(&mut r, &mut w);
+                });
+            }
+        });
+    }
+    // The only slot is free again: a new connection is served.
+    let data = Arc::new(random_bytes(12, 50_000));
+    let got = echo_through(connect(port), data.clone());
+    assert_eq!(sha256(&got), sha256(&data));
+    let seen = seen.lock().expect("lock");
+    assert!(
+        seen.iter().all(|first| !first.starts_with(b"from a dead")),
+        "a reset connection's data reached the local service"
+    );
+}

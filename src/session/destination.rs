@@ -69,7 +69,8 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
     // connection_retry_count is -1..=i64::MAX: -1 is no limit (as in the
     // reference, whose default it was before 3.2); else at least one
     // attempt, and a huge count means "keep trying", never an overflow.
-    // Either way the attempts end when the tunnel side closes the stream.
+    // Either way the attempts end when the tunnel side closes the
+    // connection (checked before each attempt).
     let attempts = match u64::try_from(s.tcp_connection_retry_count) {
         Ok(retries) => retries.saturating_add(1),
         Err(_) => u64::MAX,
@@ -91,20 +92,26 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
     let mut attempt: u64 = 0;
     let stream = loop {
         attempt += 1;
-        if first.is_none() {
-            match rx.try_recv() {
-                Ok(chunk) => first = Some(chunk),
-                // Closed from the tunnel side with nothing to deliver.
-                Err(TryRecvError::Disconnected) => {
-                    log::debug!(
-                        "Stream {} connection {} closed before it connected: not connecting",
-                        key.stream_id,
-                        key.conn_id
-                    );
-                    return;
+        let closed = match first {
+            None => match rx.try_recv() {
+                Ok(chunk) => {
+                    first = Some(chunk);
+                    false
                 }
-                Err(TryRecvError::Empty) => {}
-            }
+                Err(TryRecvError::Disconnected) => true,
+                Err(TryRecvError::Empty) => false,
+            },
+            // Payloads may be queued: the channel cannot tell.
+            Some(_) => !shared.lock().machine.is_open(&key),
+        };
+        if closed {
+            log::debug!(
+                "Stream {} connection {} closed from the tunnel side before it connected: \
+                 not connecting",
+                key.stream_id,
+                key.conn_id
+            );
+            return;
         }
         match tcp::connect_once(&addr, bind) {
             Ok(stream) => break stream,

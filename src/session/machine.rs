@@ -252,15 +252,22 @@ pub enum Step<C> {
     /// Hand the DATA payload to this connection.
     Deliver { key: ConnKey, to: C },
     /// Destination: connect to a local service for a new connection; the
-    /// connections of a replaced stream close.
+    /// connections of a replaced stream (the peer moved on without
+    /// resetting it) are aborted.
     Connect {
         open: Open,
         replaced: Vec<C>,
         note: Note,
     },
     /// Close these connections: dropping their handles lets each flush what
-    /// it was given, then close.
-    Close { conns: Vec<C>, note: Note },
+    /// it was given, then close. With `abort`, their data was lost (the
+    /// peer reset a whole V3 stream or the session, which it does only
+    /// when something failed): abort them, so the applications see a reset.
+    Close {
+        conns: Vec<C>,
+        note: Note,
+        abort: bool,
+    },
     /// Send this frame (a reset) back to the peer.
     Reply {
         frame: Vec<u8>,
@@ -629,6 +636,7 @@ impl<C: Clone> Machine<C> {
                         closed: conns.len(),
                     },
                     conns,
+                    abort: true,
                 };
             }
             MessageType::UNKNOWN => return Step::Note(Note::Quiet),
@@ -865,7 +873,7 @@ impl<C: Clone> Machine<C> {
         let stream = msg.streamId;
         let closed = self.table_mut().and_then(|t| t.stream_reset(svc, stream));
         match closed {
-            Some(conns) => {
+            Some((conns, version)) => {
                 self.recent.add(svc, stream, 0);
                 Step::Close {
                     note: Note::StreamReset {
@@ -873,6 +881,11 @@ impl<C: Clone> Machine<C> {
                         closed: conns.len(),
                     },
                     conns,
+                    // Before V3 a STREAM_RESET is how every connection
+                    // ends; in V3 each ends with a CONNECTION_RESET, and a
+                    // stream is reset only when something failed (a peer
+                    // replaced, a local service unreachable).
+                    abort: version == PeerVersion::V3,
                 }
             }
             None => Step::Note(Note::Stale {
@@ -894,6 +907,7 @@ impl<C: Clone> Machine<C> {
                 Step::Close {
                     conns: vec![c],
                     note: Note::ConnectionReset { stream, conn },
+                    abort: false,
                 }
             }
             None => Step::Note(Note::Stale {
@@ -952,6 +966,12 @@ impl<C: Clone> Machine<C> {
         let (_handle, ids) = self.table.as_mut()?.remove(key)?;
         self.recent.add(key.service, key.stream_id, key.conn_id);
         Some(ids.reset_frame())
+    }
+
+    /// Whether connection `key` is still open on the tunnel side (a reset,
+    /// a replaced stream or a lost tunnel closes it).
+    pub fn is_open(&self, key: &ConnKey) -> bool {
+        self.table.as_ref().is_some_and(|t| t.contains(key))
     }
 
     /// A local application stopped reading: its handle (to force it closed)
@@ -1187,11 +1207,15 @@ mod tests {
             Step::Note(Note::Stale { .. })
         ));
         match m.on_message(&msg(MessageType::CONNECTION_RESET, 2, "SSH1", 1), || "x") {
-            Step::Close { conns, .. } => assert_eq!(conns, vec!["a"]),
+            Step::Close { conns, abort, .. } => {
+                assert_eq!(conns, vec!["a"]);
+                assert!(!abort, "a connection's normal end");
+            }
             other => panic!("{other:?}"),
         }
         match m.on_message(&msg(MessageType::STREAM_RESET, 2, "SSH1", 0), || "x") {
-            Step::Close { conns, note } => {
+            Step::Close { conns, note, abort } => {
+                assert!(abort, "a V3 stream reset is a failure");
                 assert_eq!(conns, vec!["b"]);
                 assert_eq!(
                     note,
@@ -1205,7 +1229,19 @@ mod tests {
         }
         connect(m.on_message(&msg(MessageType::STREAM_START, 3, "WEB", 1), || "c"));
         match m.on_message(&message(MessageType::SESSION_RESET, 0, "", 0, b""), || "x") {
-            Step::Close { conns, .. } => assert_eq!(conns, vec!["c"]),
+            Step::Close { conns, abort, .. } => {
+                assert_eq!(conns, vec!["c"]);
+                assert!(abort);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Before V3, a stream reset is how a connection ends normally.
+        connect(m.on_message(&msg(MessageType::STREAM_START, 4, "SSH1", 0), || "d"));
+        match m.on_message(&msg(MessageType::STREAM_RESET, 4, "SSH1", 0), || "x") {
+            Step::Close { conns, abort, .. } => {
+                assert_eq!(conns, vec!["d"]);
+                assert!(!abort);
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -414,6 +414,13 @@ impl LocalConn {
         };
         (conn, rx)
     }
+
+    /// Drops the handle after aborting its connection: for connections
+    /// whose data was lost (the local application gets a reset, not a
+    /// clean end of a cut stream).
+    fn abort(self) {
+        self.closer.abort();
+    }
 }
 
 struct State {

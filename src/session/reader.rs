@@ -178,7 +178,9 @@ fn finish(
     if !closed.is_empty() {
         log::info!("Closing {} local connection(s)", closed.len());
     }
-    drop(closed);
+    // What they were sending or receiving is lost: each application gets a
+    // reset, not the clean end of a stream that was cut.
+    closed.into_iter().for_each(LocalConn::abort);
     if let End::Fatal(_) | End::Protocol(_) = end {
         let _ = link
             .control
@@ -251,14 +253,18 @@ fn dispatch(shared: &Arc<Shared>, link: &Link, d: Decoded<'_>) -> Result<(), Fai
             note,
         } => {
             shared.note(&note);
-            drop(replaced);
+            replaced.into_iter().for_each(LocalConn::abort);
             if let Some((rx, closer)) = pending {
                 destination::spawn(shared, link, open, rx, closer);
             }
         }
-        Step::Close { conns, note } => {
+        Step::Close { conns, note, abort } => {
             shared.note(&note);
-            drop(conns);
+            if abort {
+                conns.into_iter().for_each(LocalConn::abort);
+            } else {
+                drop(conns);
+            }
         }
         Step::Reply {
             frame,
@@ -266,7 +272,7 @@ fn dispatch(shared: &Arc<Shared>, link: &Link, d: Decoded<'_>) -> Result<(), Fai
             note,
         } => {
             shared.note(&note);
-            drop(replaced);
+            replaced.into_iter().for_each(LocalConn::abort);
             link.send_control(frame);
         }
         Step::Services(known) => services_known(shared, known)?,
@@ -296,7 +302,7 @@ fn deliver(
                     super::LOCAL_QUEUE * shared.config.settings.max_payload_size / 1024,
                     STALL_TIMEOUT
                 ));
-                conn.closer.close();
+                conn.abort();
                 link.send_control(frame);
             }
         }

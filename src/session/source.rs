@@ -217,7 +217,8 @@ fn answer_watch(
                 key.conn_id,
                 conns.len()
             ));
-            drop(conns);
+            // Their data never reached the destination: a reset, not an end.
+            conns.into_iter().for_each(LocalConn::abort);
             link.send_control(frame);
         }
         None
