@@ -24,7 +24,8 @@ use localproxy::config::{self, Action, ConfigError, TRY_HELP};
 use localproxy::logging;
 
 fn main() -> ExitCode {
-    let action = config::args_from_os(std::env::args_os().skip(1))
+    let action = config::check_env(&|name| std::env::var_os(name))
+        .and_then(|()| config::args_from_os(std::env::args_os().skip(1)))
         .and_then(|args| config::parse(&args, &|name| std::env::var(name).ok()));
     match action {
         Err(e) => usage_error(&e),

@@ -27,6 +27,19 @@ impl Secret {
     }
 }
 
+/// `text` with every occurrence of each of `secrets` replaced by the
+/// placeholder: for what a peer sent back, which may quote the request (a
+/// refusal that echoes its headers) and is shown in errors and logs.
+pub fn scrub(text: &str, secrets: &[&Secret]) -> String {
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        if out.contains(s.expose()) {
+            out = out.replace(s.expose(), "<redacted>");
+        }
+    }
+    out
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
@@ -65,6 +78,23 @@ pub fn new_client_token() -> std::io::Result<Secret> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_every_secret_from_peer_text() {
+        let (a, c, empty) = (
+            Secret::new("AQGAtoken"),
+            Secret::new("client-1"),
+            Secret::new(""),
+        );
+        assert_eq!(
+            scrub(
+                "refused AQGAtoken for client-1, AQGAtoken",
+                &[&a, &c, &empty]
+            ),
+            "refused <redacted> for <redacted>, <redacted>"
+        );
+        assert_eq!(scrub("nothing here", &[&a, &empty]), "nothing here");
+    }
 
     #[test]
     fn random_hex_has_the_length_and_alphabet_asked() {

@@ -514,6 +514,17 @@ fn token_errors_never_show_the_token() {
         Some("Access token contains invalid control characters"),
         "-t/--access-token",
     );
+    // A value glued to an option, the option spelt right or not.
+    rejects(
+        &["-s", "5555", "--access-tokenSECRETvalue"],
+        Some("unrecognised option '--access-token...'"),
+        "-t/--access-token VALUE",
+    );
+    rejects(
+        &["-s", "5555", "--acess-tokenSECRETvalue"],
+        Some("unrecognised option '--acess-token...'"),
+        "unrecognised",
+    );
     let dir = Scratch::new("echo");
     let out = localproxy(
         &dir.0,
@@ -521,6 +532,31 @@ fn token_errors_never_show_the_token() {
         &[],
     );
     assert_usage_error(&out, &["-s/--source-listen-port"]);
+}
+
+/// A variable that is not UTF-8 would read as unset: a web proxy bypassed
+/// without a word, a token reported missing. It is refused by name.
+#[test]
+fn an_environment_variable_that_is_not_utf8_is_refused_by_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let _w = common::watchdog("env_utf8", TEST_LIMIT);
+    let dir = Scratch::new("envutf8");
+    for name in ["HTTPS_PROXY", "no_proxy", "AWSIOT_TUNNEL_ACCESS_TOKEN"] {
+        let child = command(&dir.0, &["-s", "5555"], &BASE_ENV)
+            .env(
+                name,
+                std::ffi::OsStr::from_bytes(b"http://alice:caf\xe9@127.0.0.1:1"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run localproxy");
+        let out = child.wait_with_output().expect("wait");
+        assert_usage_error(
+            &out,
+            &[&format!("environment variable {name} is not valid UTF-8")],
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,9 @@ pub enum UsageError {
     ExtraArgument(Opt),
     /// An option given twice (only `-s` and `-d` may be repeated).
     Repeated(Opt),
+    /// A known long option with more characters glued to it
+    /// (`--access-tokenVALUE`); the characters are not shown.
+    Glued(Opt),
     /// An argument that is not an option.
     Stray(String),
 }
@@ -35,6 +38,7 @@ impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UsageError::Unknown(given) => write!(f, "unrecognised option '{given}'"),
+            UsageError::Glued(opt) => write!(f, "unrecognised option '--{}...'", opt.long()),
             UsageError::Ambiguous { given, matches } => {
                 let mut names: Vec<String> = matches
                     .iter()
@@ -97,6 +101,10 @@ impl UsageError {
                  other arguments"
                     .into(),
             ),
+            UsageError::Glued(opt) => Some(format!(
+                "a value glued to {opt}? Write it after a space or '=': {opt} VALUE or --{}=VALUE",
+                opt.long()
+            )),
             UsageError::MissingArgument(opt) if !opt.is_flag() => Some(format!(
                 "{opt} takes a value: {opt} VALUE or --{}=VALUE",
                 opt.long()
@@ -165,11 +173,35 @@ fn find_long(name: &str) -> Result<Opt, UsageError> {
         .collect();
     match matches.as_slice() {
         [one] => Ok(*one),
-        [] => Err(UsageError::Unknown(format!("--{name}"))),
+        [] => Err(unknown_long(name)),
         _ => Err(UsageError::Ambiguous {
             given: format!("--{name}"),
             matches,
         }),
+    }
+}
+
+/// The error for a long name no option has. The word may carry a value
+/// glued to it, a token perhaps (`--access-tokenAQGA...`, or a misspelt
+/// `--acess-tokenAQGA...`): only what looks like an option name is shown,
+/// the lowercase letters and dashes before anything else, at most 40.
+fn unknown_long(name: &str) -> UsageError {
+    if let Some(opt) = Opt::ALL
+        .into_iter()
+        .filter(|o| name.starts_with(o.long()))
+        .max_by_key(|o| o.long().len())
+    {
+        return UsageError::Glued(opt);
+    }
+    let shown: String = name
+        .chars()
+        .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+        .take(40)
+        .collect();
+    if shown.len() == name.len() {
+        UsageError::Unknown(format!("--{name}"))
+    } else {
+        UsageError::Unknown(format!("--{shown}..."))
     }
 }
 
@@ -535,6 +567,18 @@ mod tests {
         assert_eq!(
             err(&["--acess-token=SECRET"]),
             "unrecognised option '--acess-token'"
+        );
+        assert_eq!(
+            err(&["--acess-tokenAQGA5Wr7_noCC-MB2G"]),
+            "unrecognised option '--acess-token...'"
+        );
+        assert_eq!(
+            err(&["--access-tokenAQGA5Wr7noCC"]),
+            "unrecognised option '--access-token...'"
+        );
+        assert_eq!(
+            err(&["--client-token0123456789abcdef0123456789abcdef"]),
+            "unrecognised option '--client-token...'"
         );
         assert_eq!(
             err(&["-v"]),

@@ -23,6 +23,8 @@ pub enum ConfigError {
     Usage(UsageError),
     /// An argument is not valid UTF-8 (its position, 1-based).
     NotUtf8 { position: usize },
+    /// An environment variable the proxy reads is not valid UTF-8.
+    EnvNotUtf8 { name: &'static str },
     /// A value that is not accepted (never used for tokens).
     InvalidValue {
         opt: Opt,
@@ -138,6 +140,7 @@ impl ConfigError {
                 format!("{}: cannot open file", path.display())
             }
             ConfigError::NotUtf8 { .. }
+            | ConfigError::EnvNotUtf8 { .. }
             | ConfigError::ClientTokenTwice { .. }
             | ConfigError::ClientTokenFile(_)
             | ConfigError::DuplicateService { .. }
@@ -155,6 +158,11 @@ impl ConfigError {
             ConfigError::NotUtf8 { position } => {
                 write!(f, "argument {position} is not valid UTF-8")
             }
+            ConfigError::EnvNotUtf8 { name } => write!(
+                f,
+                "environment variable {name} is not valid UTF-8: set it in UTF-8 (in a URL, \
+                 percent-encode other bytes: %E9), or unset it"
+            ),
             ConfigError::InvalidValue {
                 opt,
                 origin,

@@ -79,6 +79,22 @@ pub fn args_from_os(args: impl IntoIterator<Item = OsString>) -> Result<Vec<Stri
         .collect()
 }
 
+/// Checks that every environment variable the proxy reads ([`ENV_VARS`],
+/// and the web proxy's) is UTF-8 when set: one that is not would otherwise
+/// count as unset (a web proxy bypassed without a word, a token "missing").
+pub fn check_env(get: &dyn Fn(&str) -> Option<OsString>) -> Result<(), ConfigError> {
+    let names = ENV_VARS
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(crate::transport::PROXY_ENV_VARS);
+    for name in names {
+        if get(name).is_some_and(|v| v.to_str().is_none()) {
+            return Err(ConfigError::EnvNotUtf8 { name });
+        }
+    }
+    Ok(())
+}
+
 /// Parses `args` (the arguments after the program name) with `env` as the
 /// environment, reading `./config` as the default `--config-dir`.
 pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>) -> Result<Action, ConfigError> {
@@ -694,6 +710,22 @@ pub fn write_default_settings(path: &Path) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
     use crate::config::{DestinationAddr, ServiceMapping, Target};
+
+    #[test]
+    fn variables_that_are_not_utf8_are_refused_by_name() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = |want: &'static str| {
+            move |name: &str| (name == want).then(|| OsString::from_vec(b"caf\xe9".to_vec()))
+        };
+        for name in ["AWSIOT_TUNNEL_ACCESS_TOKEN", "https_proxy", "NO_PROXY"] {
+            match check_env(&bad(name)) {
+                Err(ConfigError::EnvNotUtf8 { name: n }) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(check_env(&bad("UNRELATED")).is_ok());
+        assert!(check_env(&|_: &str| Some(OsString::from("ok"))).is_ok());
+    }
 
     const TOKEN: &str = "AQGAAXhQSECRETtoken";
     const CLIENT: &str = "0123456789abcdef-0123456789abcdef";

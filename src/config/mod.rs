@@ -104,8 +104,8 @@ mod token_file;
 pub use cli::UsageError;
 pub use error::{ConfigError, TRY_HELP};
 pub use load::{
-    args_from_os, parse, parse_with_default_dir, write_default_settings, Action, RunNotes,
-    DEFAULT_CONFIG_DIR, DEFAULT_VERBOSITY, ENV_VARS,
+    args_from_os, check_env, parse, parse_with_default_dir, write_default_settings, Action,
+    RunNotes, DEFAULT_CONFIG_DIR, DEFAULT_VERBOSITY, ENV_VARS,
 };
 pub use mapping::{parse_destination, parse_host_port, HostPortError};
 pub use opt::{Opt, Origin};

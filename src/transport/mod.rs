@@ -27,7 +27,7 @@ use tungstenite::WebSocket;
 
 pub use error::{ConnectError, ProxyConfigError, ProxyFailure, TransportError};
 pub use http::{find_head_end, host_port, parse_header_lines};
-pub use proxy::{no_proxy_matches, percent_decode, ProxyScheme, WebProxy};
+pub use proxy::{no_proxy_matches, percent_decode, ProxyScheme, WebProxy, PROXY_ENV_VARS};
 pub use split::{Incoming, ShutdownHandle, WsReader, WsWriter};
 
 use crate::config::{Endpoint, Mode};
@@ -289,13 +289,24 @@ pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
     };
     pump.write_all(&mut tls, &mut outer, request.as_bytes())
         .map_err(net("sending the upgrade request"))?;
-    let (head, mut tail) = read_head(&mut tls, &pump, &mut outer).map_err(|e| match e {
+    // What the service says may quote the request: its text is shown
+    // without our tokens.
+    let secrets: Vec<&Secret> = std::iter::once(opts.access_token)
+        .chain(opts.client_token)
+        .collect();
+    let scrub = |text: &str| crate::secret::scrub(text, &secrets);
+    let (mut head, mut tail) = read_head(&mut tls, &pump, &mut outer).map_err(|e| match e {
         HeadError::Io(e) => net("reading the upgrade response")(e),
         HeadError::Malformed(detail) => ConnectError::Protocol {
             target: target.clone(),
-            detail,
+            detail: scrub(&detail),
         },
     })?;
+    head.status_text = scrub(&head.status_text);
+    for (name, value) in &mut head.headers {
+        *name = scrub(name);
+        *value = scrub(value);
+    }
     log::trace!(
         "upgrade response from {target}: {} {} {:?}",
         head.status,
@@ -311,7 +322,7 @@ pub fn connect(opts: &ConnectOptions<'_>) -> Result<Connection, ConnectError> {
                 status: head.status,
                 status_text: head.status_text,
                 reason,
-                body: http::body_snippet(&tail),
+                body: http::body_snippet(scrub(&String::from_utf8_lossy(&tail)).as_bytes()),
             });
         }
         Verdict::ServerError { reason } => {

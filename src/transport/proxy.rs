@@ -40,6 +40,10 @@ pub struct WebProxy {
     credentials: Option<Secret>,
 }
 
+/// The environment variables naming a web proxy and its exceptions, each
+/// lowercase first (it wins when both are set, as in curl).
+pub const PROXY_ENV_VARS: [&str; 4] = ["https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"];
+
 impl WebProxy {
     /// A proxy at `host:port`; `credentials` is `(user, password)`.
     pub fn new(
@@ -130,11 +134,12 @@ impl WebProxy {
                 .filter(|v| !v.trim().is_empty())
                 .or_else(|| env(b).filter(|v| !v.trim().is_empty()))
         };
-        let Some(value) = get("https_proxy", "HTTPS_PROXY") else {
+        let [https_lower, https_upper, no_lower, no_upper] = PROXY_ENV_VARS;
+        let Some(value) = get(https_lower, https_upper) else {
             return Ok(None);
         };
         let proxy = WebProxy::parse(&value)?;
-        if let Some(no_proxy) = get("no_proxy", "NO_PROXY") {
+        if let Some(no_proxy) = get(no_lower, no_upper) {
             if no_proxy_matches(&no_proxy, target_host) {
                 log::debug!(
                     "NO_PROXY excludes {target_host}: connecting directly, not via {proxy}"
