@@ -1,8 +1,9 @@
 //! The `--config` file: INI lines `long-option-name = value`, `#` comments.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::opt::Opt;
 
@@ -26,9 +27,93 @@ pub struct FileIssue {
     pub source: Option<io::Error>,
 }
 
+/// Largest `--config` or `--settings-json` file read (they are a few KiB):
+/// a device or a runaway writer cannot fill the memory.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+
+/// How long a FIFO or a device (`<(...)` gives a pipe) may take to give all
+/// of its content: a FIFO nobody writes to cannot hang the start.
+pub const READ_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Reads the UTF-8 text of a small file: a regular file, or a pipe or
+/// device within [`READ_DEADLINE`]; at most [`MAX_FILE_BYTES`].
+pub fn read_text(path: &Path) -> io::Result<String> {
+    read_text_within(path, READ_DEADLINE)
+}
+
+fn read_text_within(path: &Path, limit: Duration) -> io::Result<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: opening a FIFO with no writer returns at once.
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let regular = file.metadata()?.is_file();
+    let deadline = Instant::now() + limit;
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if !regular {
+            // A FIFO that never had a writer reads as empty at once: wait
+            // for data or for its writer to leave instead.
+            wait_readable(&file, deadline)?;
+        }
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                data.extend_from_slice(&chunk[..n]);
+                if data.len() > MAX_FILE_BYTES {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("larger than {} KiB", MAX_FILE_BYTES / 1024),
+                    ));
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(data)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not valid UTF-8 text"))
+}
+
+/// Waits until `file` (a pipe or device) has something to read or its
+/// writer left, until `deadline`.
+fn wait_readable(file: &fs::File, deadline: Instant) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut fds = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, and its count.
+    let rc = unsafe { libc::poll(&mut fds, 1, ms) };
+    match rc {
+        0 => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "gave no end of file in time (a FIFO nobody writes to?): give the path of a file",
+        )),
+        n if n < 0 => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Reads and parses the file at `path`.
 pub fn read(path: &Path) -> Result<Vec<Entry>, FileIssue> {
-    let text = fs::read_to_string(path).map_err(|e| FileIssue {
+    let text = read_text(path).map_err(|e| FileIssue {
         line: 0,
         reason: "cannot be read".to_string(),
         reference: Some(format!(
@@ -147,6 +232,39 @@ pub fn readable_by_others(_path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_files_pipes_and_devices_are_read_within_bounds() {
+        let dir = std::env::temp_dir().join(format!("localproxy-read-text-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let plain = dir.join("plain.ini");
+        fs::write(&plain, "region = us-east-1\n").unwrap();
+        assert_eq!(read_text(&plain).unwrap(), "region = us-east-1\n");
+        // A FIFO nobody writes to: an error at the deadline, not a hang.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = Instant::now();
+        let e = read_text_within(&fifo, Duration::from_millis(300)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // A FIFO with a writer (as `<(...)` gives): its whole content.
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::write(fifo, "{}\n"))
+        };
+        assert_eq!(
+            read_text_within(&fifo, Duration::from_secs(20)).unwrap(),
+            "{}\n"
+        );
+        writer.join().unwrap().unwrap();
+        // A device that never ends.
+        let e = read_text(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn reads_the_reference_example() {

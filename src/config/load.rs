@@ -337,7 +337,7 @@ fn settings(g: Option<&Given>, warnings: &mut Vec<String>) -> Result<Settings, C
         return Ok(settings);
     };
     let path = PathBuf::from(&g.value);
-    let text = fs::read_to_string(&path).map_err(|e| ConfigError::SettingsFile {
+    let text = file::read_text(&path).map_err(|e| ConfigError::SettingsFile {
         path: path.clone(),
         key: None,
         reason: "cannot be read".into(),

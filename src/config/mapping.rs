@@ -302,7 +302,15 @@ pub fn read_config_dir(dir: &Path, mode: Mode) -> Result<DirMappings, DirIssue> 
     let mut files = Vec::new();
     collect_files(dir, 0, &mut files)?;
     let mut out = DirMappings::default();
-    for file in files {
+    for (file, len) in files {
+        if len > super::file::MAX_FILE_BYTES as u64 {
+            out.skipped.push(format!(
+                "{}: larger than {} KiB, not a configuration file; skipped",
+                file.display(),
+                super::file::MAX_FILE_BYTES / 1024
+            ));
+            continue;
+        }
         let text = match fs::read(&file) {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(text) => text,
@@ -386,7 +394,8 @@ fn read_ini_mappings(
     Ok((found, skipped))
 }
 
-fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), DirIssue> {
+/// Collects the regular files below `dir` with their sizes.
+fn collect_files(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64)>) -> Result<(), DirIssue> {
     let unreadable = |path: &Path, e: std::io::Error| DirIssue::Unreadable {
         path: path.to_path_buf(),
         reason: "cannot be read".to_string(),
@@ -410,7 +419,7 @@ fn collect_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(),
         if meta.is_dir() {
             collect_files(&path, depth + 1, out)?;
         } else if meta.is_file() {
-            out.push(path);
+            out.push((path, meta.len()));
         }
     }
     Ok(())

@@ -126,7 +126,9 @@ pub fn read_owned(path: &Path) -> io::Result<Option<Vec<u8>>> {
 fn open_nofollow(path: &Path) -> io::Result<Option<(File, fs::Metadata)>> {
     let f = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        // Non-blocking: a FIFO would otherwise block the open until a
+        // writer comes; it is refused below as not a regular file.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
@@ -276,6 +278,14 @@ mod tests {
         let e = read_secret(&p).expect_err("group-readable");
         assert!(e.to_string().contains("mode 640"), "{e}");
         assert_eq!(read_secret(&d.join("absent")).expect("absent"), None);
+        // A FIFO is refused at once, not waited on for a writer.
+        let fifo = d.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().expect("utf-8")).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_secret(&fifo).expect_err("a FIFO");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(read_owned(&fifo).is_err());
         check_dir(&d).expect("0700 is fine");
         fs::set_permissions(&d, Permissions::from_mode(0o777)).expect("chmod");
         assert!(check_dir(&d).is_err());

@@ -97,6 +97,18 @@ impl Service {
     pub fn start(opts: Options) -> io::Result<Service> {
         let (acceptor, ca_dir) = match &opts.tls {
             TlsSource::Files { cert, key } => {
+                // OpenSSL opens them by name: a FIFO would block it for good.
+                for (what, path) in [("certificate", cert), ("key", key)] {
+                    let meta = std::fs::metadata(path).map_err(|e| {
+                        io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+                    })?;
+                    if !meta.is_file() {
+                        return Err(io::Error::other(format!(
+                            "{what} {}: not a regular file: give the path of a PEM file",
+                            path.display()
+                        )));
+                    }
+                }
                 let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
                     .map_err(io::Error::other)?;
                 b.set_certificate_chain_file(cert).map_err(|e| {
