@@ -31,7 +31,7 @@ pub fn level_for(verbosity: u8) -> LevelFilter {
 pub fn init(verbosity: u8) {
     let mut builder = env_logger::Builder::new();
     builder
-        .target(env_logger::Target::Stderr)
+        .target(env_logger::Target::Pipe(Box::new(StderrSink::default())))
         .filter_level(level_for(verbosity))
         .format(|buf, record| write_line(buf, record.level(), record.args()));
     if level_for(verbosity) > LevelFilter::Debug {
@@ -72,6 +72,124 @@ pub fn write_line(
         "[{}] ({thread:#018x}) [{severity}] {message}",
         local_time()
     )
+}
+
+/// How long a log line waits for standard error to take it before it is
+/// dropped (see [`StderrSink`]).
+const STDERR_PATIENCE: Duration = Duration::from_millis(250);
+
+/// How long the final error line waits for standard error.
+const FINAL_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Standard error for log lines, never waited on for long. A pipe whose
+/// reader stopped reading (`| logger` stuck, a slow journal) or a terminal
+/// on hold would otherwise block every thread that logs: the tunnel, the
+/// connections, a SIGTERM. A line stderr cannot take within
+/// [`STDERR_PATIENCE`] is dropped and counted; while it stays stuck, lines
+/// are dropped at once; the count is logged when a line goes through
+/// again. A failed write (a closed pipe, a full disk) is ignored.
+#[derive(Default)]
+struct StderrSink {
+    dropped: u64,
+    stuck: bool,
+}
+
+impl std::io::Write for StderrSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let patience = if self.stuck {
+            Duration::ZERO
+        } else {
+            STDERR_PATIENCE
+        };
+        if !write_stderr(buf, patience, self.dropped) {
+            self.dropped += 1;
+            self.stuck = true;
+            return Ok(());
+        }
+        (self.dropped, self.stuck) = (0, false);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `line` to standard error if it can take it within `patience`,
+/// after a note of `dropped` earlier lines when there were some; false when
+/// it could not (nothing, or part of the line, was written).
+fn write_stderr(line: &[u8], patience: Duration, dropped: u64) -> bool {
+    if !stderr_writable(patience) {
+        return false;
+    }
+    if dropped > 0 {
+        let mut note = Vec::new();
+        let _ = write_line(
+            &mut note,
+            log::Level::Warn,
+            &format_args!("{dropped} log line(s) dropped: standard error was not taking them"),
+        );
+        if !write_fd2(&note, patience) {
+            return false;
+        }
+    }
+    write_fd2(line, patience)
+}
+
+/// Writes all of `bytes` to fd 2, waiting at most `patience` each time it
+/// is full; false when it stayed full or failed.
+fn write_fd2(mut bytes: &[u8], patience: Duration) -> bool {
+    while !bytes.is_empty() {
+        // SAFETY: writes from a valid buffer of the given length.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return false;
+        }
+        bytes = &bytes[usize::try_from(n).unwrap_or(0)..];
+        if !bytes.is_empty() && !stderr_writable(patience) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether fd 2 can take a write now or within `patience` (for a pipe:
+/// room for at least an atomic write of 4 KiB, more than a log line).
+fn stderr_writable(patience: Duration) -> bool {
+    let mut fds = libc::pollfd {
+        fd: 2,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(patience.as_millis()).unwrap_or(libc::c_int::MAX);
+    loop {
+        // SAFETY: one valid pollfd, and its count.
+        let rc = unsafe { libc::poll(&mut fds, 1, ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        // An error condition (POLLERR, a closed reader) is left to the
+        // write, whose failure is ignored.
+        return rc > 0;
+    }
+}
+
+/// Prints `text` and a newline on standard error, as the last words of the
+/// process: waits at most a moment for a stuck stderr, ignores a failed
+/// write (a closed pipe must not turn the exit status into a panic's).
+pub fn print_error(text: &str) {
+    let mut line = String::with_capacity(text.len() + 1);
+    line.push_str(text);
+    line.push('\n');
+    write_stderr(line.as_bytes(), FINAL_PATIENCE, 0);
 }
 
 /// Now, in local time (`TZ`), to the microsecond.

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Printed once, whatever the verbosity.
-                    eprintln!("localproxy: {}", chain(&e));
+                    logging::print_error(&format!("localproxy: {}", chain(&e)));
                     ExitCode::from(e.exit_code())
                 }
             }
@@ -77,6 +77,6 @@ fn chain(e: &dyn Error) -> String {
 /// Prints `e` once to stderr, then the line pointing at `--help`, and
 /// returns its exit status.
 fn usage_error(e: &ConfigError) -> ExitCode {
-    eprintln!("localproxy: {}\n{TRY_HELP}", chain(e));
+    logging::print_error(&format!("localproxy: {}\n{TRY_HELP}", chain(e)));
     ExitCode::from(e.exit_code())
 }

@@ -120,8 +120,9 @@ pub fn install(stop: Arc<Stop>) -> std::io::Result<()> {
             } else {
                 "SIGTERM"
             };
-            log::info!("{name} received: closing the tunnel");
+            // Stop first: logging may wait on a stuck stderr.
             stop.trigger();
+            log::info!("{name} received: closing the tunnel");
         })?;
     Ok(())
 }

@@ -240,3 +240,87 @@ fn sigterm_while_the_service_does_not_answer_the_connect_exits_0_at_once() {
         source.stderr.all()
     );
 }
+
+/// A log reader that stopped reading (stderr a pipe left full, as with a
+/// stuck `| logger`) stalls neither the connections nor a stop: lines stderr
+/// cannot take are dropped, not waited on.
+#[test]
+fn a_stuck_log_reader_stalls_neither_connections_nor_sigterm() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let _w = watchdog("stuck_stderr", Duration::from_secs(90));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let echo = echo_server();
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two descriptors it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are new and owned by nothing else.
+    let (unread, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let mut cmd = Command::new(localproxy_bin());
+    cmd.env_clear()
+        .env("AWSIOT_TUNNEL_ACCESS_TOKEN", &tunnel.destination_token)
+        .args(["-e", &format!("127.0.0.1:{}", service.port())])
+        .args(["-c", service.ca_dir.to_str().expect("utf-8 path")])
+        .args([
+            "--settings-json",
+            fast_settings().to_str().expect("utf-8 path"),
+        ])
+        .args(["-d", &format!("SSH1={echo}"), "-v", "6"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(write_end));
+    // SAFETY: prctl in the child before exec: it dies with the test.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut dest = cmd.spawn().expect("spawn destination");
+    drop(cmd);
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    let port = listening_port(&source, "SSH1");
+    // SAFETY: F_GETPIPE_SZ and FIONREAD read into what they are given.
+    let capacity = unsafe { libc::fcntl(unread.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    assert!(capacity > 0);
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        unsafe { libc::ioctl(unread.as_raw_fd(), libc::FIONREAD, &mut n) };
+        n
+    };
+    // Trace lines fill the pipe, a few per connection, until it takes no
+    // more (a pipe counts pages: it is full before every byte is used).
+    let (mut seed, mut same) = (0, 0);
+    let mut last = queued();
+    while last < capacity / 2 || same < 3 {
+        seed += 1;
+        assert!(seed < 5000, "the pipe never filled: {last} of {capacity}");
+        echo_eventually(port, seed, 64, SECS_20);
+        let now = queued();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    // Full, and nobody reads: connections still flow, each promptly.
+    for i in 0..10 {
+        echo_eventually(port, 10_000 + i, 1024, Duration::from_secs(10));
+    }
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(dest.id() as i32, libc::SIGTERM) };
+    let deadline = t + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = dest.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM ignored while stderr is full"
+        );
+        std::thread::sleep(Duration::from_millis(10)); // polling interval
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
