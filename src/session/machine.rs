@@ -12,7 +12,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{DestinationAddr, Mode, PeerVersion, ServiceMapping, Target};
 use crate::frame::{Message, MessageType};
@@ -29,10 +29,23 @@ const RECENT: usize = 256;
 /// (`tcp.max_active_connections`). A [`Slot`] is taken for each connection
 /// and given back when its threads are done, so connections that are still
 /// flushing after a reset count too: the cap bounds threads and sockets.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Slots {
     active: Arc<AtomicUsize>,
     max: usize,
+    on_idle: Arc<OnceLock<IdleHook>>,
+}
+
+/// What to do when the last connection's threads are done.
+pub type IdleHook = Box<dyn Fn() + Send + Sync>;
+
+impl std::fmt::Debug for Slots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slots")
+            .field("active", &self.active())
+            .field("max", &self.max)
+            .finish()
+    }
 }
 
 impl Slots {
@@ -40,7 +53,13 @@ impl Slots {
         Slots {
             active: Arc::new(AtomicUsize::new(0)),
             max: max.max(1),
+            on_idle: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Sets what runs each time the last slot is given back (once).
+    pub fn on_idle(&self, hook: IdleHook) {
+        let _ = self.on_idle.set(hook);
     }
 
     /// A slot, unless `max` are taken.
@@ -52,6 +71,7 @@ impl Slots {
             .ok()
             .map(|_| Slot {
                 active: self.active.clone(),
+                on_idle: self.on_idle.clone(),
             })
     }
 
@@ -67,14 +87,24 @@ impl Slots {
 }
 
 /// One taken connection slot; dropping it gives it back.
-#[derive(Debug)]
 pub struct Slot {
     active: Arc<AtomicUsize>,
+    on_idle: Arc<OnceLock<IdleHook>>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
+        if self.active.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(hook) = self.on_idle.get() {
+                hook();
+            }
+        }
     }
 }
 

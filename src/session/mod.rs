@@ -452,6 +452,15 @@ impl Shared {
         } else {
             machine
         };
+        let pool = BufferPool::new(POOL_DEPTH, POOL_BUFFER);
+        // No connection left: the spare buffers and what the connections
+        // freed go back to the system (the next bulk transfer refills the
+        // pool in a few reads).
+        let spare = pool.clone();
+        machine.slots().on_idle(Box::new(move || {
+            spare.clear();
+            crate::buffers::release_free_memory();
+        }));
         Shared {
             config,
             state: Mutex::new(State {
@@ -459,7 +468,7 @@ impl Shared {
                 link: None,
             }),
             limiter: Limiter::new(Note::CATEGORIES + 3),
-            pool: BufferPool::new(POOL_DEPTH, POOL_BUFFER),
+            pool,
         }
     }
 
