@@ -324,3 +324,58 @@ fn a_stuck_log_reader_stalls_neither_connections_nor_sigterm() {
     };
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+/// A source whose `-s` port is taken fails before it connects: the access
+/// token is not spent (the service binds it to the first client token it
+/// sees), so the corrected command works with the same token.
+#[test]
+fn a_taken_source_port_fails_before_the_token_is_spent() {
+    let _w = watchdog("taken_port", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let mut first = proxy(
+        &service,
+        &tunnel.source_token,
+        &[
+            "-m",
+            "source",
+            "-b",
+            "127.0.0.1",
+            "-s",
+            &format!("SSH1={port}"),
+        ],
+        "src",
+    );
+    assert_eq!(first.wait_exit(SECS_20), 1);
+    let err = first.final_stderr();
+    assert!(
+        err.contains(&format!(
+            "cannot listen on 127.0.0.1:{port} for service SSH1"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Attempting to establish"),
+        "it connected:\n{err}"
+    );
+    drop(taken);
+    let second = proxy(
+        &service,
+        &tunnel.source_token,
+        &[
+            "-m",
+            "source",
+            "-b",
+            "127.0.0.1",
+            "-s",
+            &format!("SSH1={port}"),
+        ],
+        "src2",
+    );
+    second.stderr.wait_for(
+        &format!("Listening for new connection on port {port}"),
+        SECS_20,
+    );
+}

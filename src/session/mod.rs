@@ -245,6 +245,10 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
         Mode::Destination => "destination",
     };
     log::info!("Starting proxy in {mode} mode");
+    // Before the token is spent on a connection: a local port that is taken
+    // (or a -b that does not resolve) is found now, while a corrected
+    // retry can still use the token.
+    source::prebind(&shared)?;
     let mut failures: u32 = 0;
     let mut last_immediate: Option<Instant> = None;
     loop {
@@ -437,6 +441,9 @@ struct Shared {
     limiter: Limiter,
     /// Data buffers recycled between local connections and the tunnel.
     pool: BufferPool,
+    /// Source: the listeners of the `-s` ports, bound before connecting,
+    /// until the tunnel's services are known.
+    prebound: Mutex<Vec<(u16, std::net::TcpListener)>>,
 }
 
 impl Shared {
@@ -469,6 +476,7 @@ impl Shared {
             }),
             limiter: Limiter::new(Note::CATEGORIES + 3),
             pool,
+            prebound: Mutex::new(Vec::new()),
         }
     }
 

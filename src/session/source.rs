@@ -11,14 +11,57 @@ use super::{LocalConn, RunError, Shared};
 use crate::streams::{ConnKey, Refusal};
 use crate::tcp::{self, Conn, ConnStats, LocalStream, ReadHalf, SilenceCheck, WriteHalf};
 
-/// Binds every listener first (a port that is taken is a setup error), then
-/// starts one accept thread per listener.
-pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunError> {
-    let host = shared
+/// The address local listeners bind to (`-b`, else the settings').
+fn listen_host(shared: &Shared) -> String {
+    shared
         .config
         .bind_address
         .clone()
-        .unwrap_or_else(|| shared.config.settings.default_bind_address.clone());
+        .unwrap_or_else(|| shared.config.settings.default_bind_address.clone())
+}
+
+fn bind(host: &str, port: u16, service: &str) -> Result<TcpListener, RunError> {
+    tcp::bind_listener(host, port).map_err(|source| RunError::Listen {
+        address: crate::transport::host_port(host, port),
+        service: service.to_string(),
+        source,
+    })
+}
+
+/// Source: binds the ports given with `-s` before the first connect, so a
+/// port that is taken or a `-b` that does not resolve is an error before
+/// the access token is spent (the service then accepts it only with this
+/// process's client token). Connections made to them meanwhile wait in the
+/// backlog. Ports picked by the system (0) and ports from a mapping
+/// directory (only the advertised services are looked up) are bound when
+/// the services are known, as before.
+pub(super) fn prebind(shared: &Shared) -> Result<(), RunError> {
+    let cfg = &shared.config;
+    if cfg.mode != crate::config::Mode::Source || cfg.services_from_dir {
+        return Ok(());
+    }
+    let host = listen_host(shared);
+    let mut bound = Vec::new();
+    for mapping in &cfg.services {
+        if let crate::config::Target::Listen(port) = mapping.target {
+            if port != 0 {
+                let name = mapping.id.as_deref().unwrap_or("(V1)");
+                bound.push((port, bind(&host, port, name)?));
+            }
+        }
+    }
+    *shared.prebound.lock().unwrap_or_else(|p| p.into_inner()) = bound;
+    Ok(())
+}
+
+/// Binds every listener first (a port that is taken is a setup error), then
+/// starts one accept thread per listener.
+pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunError> {
+    let host = listen_host(shared);
+    // What was bound before connecting; what the tunnel does not advertise
+    // is closed when this returns.
+    let mut prebound =
+        std::mem::take(&mut *shared.prebound.lock().unwrap_or_else(|p| p.into_inner()));
     if shared.config.services_from_dir || on.iter().any(|spec| spec.port == 0) {
         // The mapping was built from the advertised services (no -s): the
         // reference's words for it, 0 for a port to pick, then one "New
@@ -32,11 +75,14 @@ pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunE
     }
     let mut listeners = Vec::new();
     for spec in on {
-        let l = tcp::bind_listener(&host, spec.port).map_err(|source| RunError::Listen {
-            address: crate::transport::host_port(&host, spec.port),
-            service: spec.label.clone(),
-            source,
-        })?;
+        let early = prebound
+            .iter()
+            .position(|(port, _)| spec.port != 0 && *port == spec.port)
+            .map(|i| prebound.swap_remove(i).1);
+        let l = match early {
+            Some(l) => l,
+            None => bind(&host, spec.port, &spec.label)?,
+        };
         listeners.push((spec, l));
     }
     for (spec, l) in listeners {
