@@ -814,15 +814,9 @@ fn client_token_file_errors() {
 /// documented exit status into a panic's 101: supervisors decide on it.
 #[test]
 fn an_unwritable_stderr_keeps_the_exit_status() {
-    use std::os::fd::{FromRawFd, OwnedFd};
     let _w = common::watchdog("stderr_epipe", TEST_LIMIT);
     let dir = Scratch::new("epipe");
-    let mut fds = [0; 2];
-    // SAFETY: pipe fills the two descriptors it is given.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both descriptors are new and owned by nothing else.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = common::os_pipe();
     drop(read_end);
     let full = fs::OpenOptions::new()
         .write(true)

@@ -246,19 +246,14 @@ fn sigterm_while_the_service_does_not_answer_the_connect_exits_0_at_once() {
 /// cannot take are dropped, not waited on.
 #[test]
 fn a_stuck_log_reader_stalls_neither_connections_nor_sigterm() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let _w = watchdog("stuck_stderr", Duration::from_secs(90));
     let service = Service::start(&[]);
     let tunnel = service.open(&["SSH1"]);
     let echo = echo_server();
-    let mut fds = [0; 2];
-    // SAFETY: pipe fills the two descriptors it is given.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both descriptors are new and owned by nothing else.
-    let (unread, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (unread, write_end) = os_pipe();
     let mut cmd = Command::new(localproxy_bin());
     cmd.env_clear()
         .env("AWSIOT_TUNNEL_ACCESS_TOKEN", &tunnel.destination_token)

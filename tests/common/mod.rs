@@ -397,6 +397,21 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A new pipe: (read end, write end).
+pub fn os_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two descriptors it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: both descriptors are new and owned by nothing else.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
 /// Entries of /proc/PID/fd and /proc/PID/task: open descriptors, threads.
 pub fn fds_and_threads(pid: u32) -> (usize, usize) {
     let count = |what: &str| {
