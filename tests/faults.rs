@@ -974,18 +974,32 @@ fn a_retry_count_of_minus_one_waits_for_a_late_local_service() {
     // Attempts without a limit (the first five are logged; the warnings
     // are rate-limited).
     dest.stderr.wait_for("(attempt 5, no limit)", SECS_20);
-    let late = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    late_unix_echo(&path);
+    let data = Arc::new(random_bytes(11, 100_000));
+    let got = echo_through(client, data.clone());
+    assert_eq!(sha256(&got), sha256(&data));
+}
+
+/// An echo service on a Unix socket at `path`, started late; what each
+/// connection sent first (its first read) is recorded.
+fn late_unix_echo(path: &std::path::Path) -> Arc<Mutex<Vec<Vec<u8>>>> {
+    let late = std::os::unix::net::UnixListener::bind(path).expect("bind");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
     thread::spawn(move || {
         for c in late.incoming().flatten() {
+            let record = record.clone();
             thread::spawn(move || {
+                let mut buf = vec![0u8; 64];
+                let n = (&c).read(&mut buf).unwrap_or(0);
+                record.lock().expect("lock").push(buf[..n].to_vec());
+                let _ = (&c).write_all(&buf[..n]);
                 let (mut r, mut w) = (&c, &c);
                 let _ = std::io::copy(&mut r, &mut w);
             });
         }
     });
-    let data = Arc::new(random_bytes(11, 100_000));
-    let got = echo_through(client, data.clone());
-    assert_eq!(sha256(&got), sha256(&data));
+    seen
 }
 
 /// "Cannot connect" is a warning the peer can trigger at will (each start
@@ -1142,28 +1156,10 @@ fn a_reset_while_connecting_ends_the_connect_retries() {
         "closed from the tunnel side before it connected: not connecting",
         SECS_20,
     );
-    let late = std::os::unix::net::UnixListener::bind(&path).expect("bind");
-    let seen = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-    {
-        let seen = seen.clone();
-        thread::spawn(move || {
-            for c in late.incoming().flatten() {
-                let seen = seen.clone();
-                thread::spawn(move || {
-                    let mut buf = vec![0u8; 64];
-                    let n = (&c).read(&mut buf).unwrap_or(0);
-                    seen.lock().expect("lock").push(buf[..n].to_vec());
-                    let _ = (&c).write_all(&buf[..n]);
-                    let (mut r, mut w) = (&c, &c);
-                    let _ = std::io::copy(&mut r, &mut w);
-                });
-            }
-        });
-    }
-    // The only slot is free again: a new connection is served.
-    let data = Arc::new(random_bytes(12, 50_000));
-    let got = echo_through(connect(port), data.clone());
-    assert_eq!(sha256(&got), sha256(&data));
+    let seen = late_unix_echo(&path);
+    // The only slot is free again (once the thread that logged that line
+    // has ended): a new connection is served.
+    echo_eventually(port, 12, 50_000, SECS_20);
     let seen = seen.lock().expect("lock");
     assert!(
         seen.iter().all(|first| !first.starts_with(b"from a dead")),
