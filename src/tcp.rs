@@ -569,6 +569,8 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
     // read that filled them all as many as the bytes already there need.
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     let mut want = 1;
+    // The tunnel connection went away under a read: what was read is lost.
+    let mut lost = false;
     loop {
         if size == full && pooled {
             while bufs.len() > want {
@@ -619,7 +621,7 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
                 }
             }
             if gone {
-                // The tunnel connection is gone; the session closes us.
+                lost = true;
                 break;
             }
             if stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed) == 0 {
@@ -646,6 +648,7 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
         let frame = Outgoing::copied(&buf[frame]);
         own = buf;
         if half.to_tunnel.send(frame).is_err() {
+            lost = true;
             break;
         }
         if stats.to_tunnel.fetch_add(n as u64, Ordering::Relaxed) == 0 {
@@ -661,6 +664,12 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
     }
     for b in bufs {
         pool.give(b);
+    }
+    if lost {
+        // The session may not get to close this connection first (its
+        // entry goes with on_closed): abort it here, so the application
+        // sees a reset, not the clean end of a cut stream.
+        sock.abort();
     }
     (half.on_closed)();
 }

@@ -1204,3 +1204,28 @@ fn memory_comes_back_after_a_burst_of_connections() {
         thread::sleep(Duration::from_millis(50)); // polling interval
     }
 }
+
+/// A source stopped (SIGTERM) in the middle of a transfer resets its local
+/// connections: the client that was receiving sees an error, not the clean
+/// end of a stream that was cut.
+#[test]
+fn a_stopped_proxy_resets_the_connections_it_carried() {
+    let _w = watchdog("stopped_reset", Duration::from_secs(60));
+    let app = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (pair, mut client, served) = one_connection(&app, PairOpts::default());
+    // The application streams toward the client until it cannot.
+    let streaming = thread::spawn(move || {
+        let chunk = vec![5u8; 64 * 1024];
+        while (&served).write_all(&chunk).is_ok() {}
+    });
+    client.set_read_timeout(Some(SECS_20)).expect("timeout");
+    let mut first = [0u8; 1];
+    client.read_exact(&mut first).expect("streaming");
+    pair.source.signal(libc::SIGTERM);
+    assert!(
+        ends_with_reset(&mut client, SECS_20),
+        "the client saw a clean end of stream"
+    );
+    drop(pair);
+    streaming.join().expect("streaming thread");
+}
