@@ -13,7 +13,7 @@
 //! The other side of it: what connections freed stays with the process
 //! (glibc keeps it in each thread's arena). After a burst of a thousand
 //! connections that was 20-50 MiB of a device's memory for good;
-//! [`release_free_memory`] hands it back once the last connection ends.
+//! [`release_free_memory`] hands it back once no connection is left.
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use tungstenite::Bytes;
@@ -24,7 +24,7 @@ const RELEASE_THRESHOLD: usize = 1 << 20;
 
 /// Hands the heap's free memory back to the system (glibc's `malloc_trim`)
 /// when at least [`RELEASE_THRESHOLD`] of it is held, so memory comes back
-/// after a burst of connections. Called when the last connection ends; it
+/// after a burst of connections. Called once no connection is left; it
 /// costs a walk of the arenas, and nothing when there is little to give.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -1174,7 +1174,13 @@ fn a_reset_while_connecting_ends_the_connect_retries() {
 #[test]
 fn memory_comes_back_after_a_burst_of_connections() {
     let _w = watchdog("burst_memory", Duration::from_secs(120));
-    let pair = Pair::echo(PairOpts::default());
+    // Memory is handed back at a pong, once no connection is left.
+    let quick = settings("burst_memory", "", r#""ping_period_ms":"1000""#);
+    let pair = Pair::echo(PairOpts {
+        dest_settings: Some(&quick),
+        src_settings: Some(&quick),
+        ..PairOpts::default()
+    });
     echo_eventually(pair.port, 1, 1024, SECS_20);
     let pids = [pair.source.pid(), pair.dest.pid()];
     let before = pids.map(rss_anon_kib);

@@ -444,7 +444,15 @@ struct Shared {
     /// Source: the listeners of the `-s` ports, bound before connecting,
     /// until the tunnel's services are known.
     prebound: Mutex<Vec<(u16, std::net::TcpListener)>>,
+    /// The connection slots (shared with the machine's).
+    slots: machine::Slots,
+    /// When the last connection ended, until its memory is released.
+    idle_since: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long no connection must be open before the memory connections used
+/// is handed back (see [`Shared::release_idle_memory`]).
+const IDLE_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 impl Shared {
     fn new(config: Config) -> Self {
@@ -459,24 +467,43 @@ impl Shared {
         } else {
             machine
         };
-        let pool = BufferPool::new(POOL_DEPTH, POOL_BUFFER);
-        // No connection left: the spare buffers and what the connections
-        // freed go back to the system (the next bulk transfer refills the
-        // pool in a few reads).
-        let spare = pool.clone();
+        let idle_since = Arc::new(Mutex::new(None));
+        let marker = idle_since.clone();
         machine.slots().on_idle(Box::new(move || {
-            spare.clear();
-            crate::buffers::release_free_memory();
+            *marker.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         }));
         Shared {
+            slots: machine.slots().clone(),
+            idle_since,
             config,
             state: Mutex::new(State {
                 machine,
                 link: None,
             }),
             limiter: Limiter::new(Note::CATEGORIES + 3),
-            pool,
+            pool: BufferPool::new(POOL_DEPTH, POOL_BUFFER),
             prebound: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Once no connection has been open for [`IDLE_RELEASE_AFTER`], frees
+    /// the spare buffers and hands the free heap back to the system, so
+    /// memory comes back after a burst (glibc keeps what threads freed).
+    /// Called at each pong (every `ping_period_ms`): connections that come
+    /// one after another do not pay for refilling the pool each time.
+    fn release_idle_memory(&self) {
+        let due = {
+            let mut idle = self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+            let due =
+                idle.is_some_and(|t| t.elapsed() >= IDLE_RELEASE_AFTER) && self.slots.active() == 0;
+            if due {
+                *idle = None;
+            }
+            due
+        };
+        if due {
+            self.pool.clear();
+            crate::buffers::release_free_memory();
         }
     }
 

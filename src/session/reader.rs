@@ -118,7 +118,10 @@ pub(super) fn serve(
                     }
                 }
                 Ok(Incoming::Ping) => link.flush_replies(),
-                Ok(Incoming::Pong(payload)) => writer::log_pong(&payload),
+                Ok(Incoming::Pong(payload)) => {
+                    writer::log_pong(&payload);
+                    shared.release_idle_memory();
+                }
                 Ok(Incoming::Close(frame)) => {
                     // The close reply is queued: let the writer send it.
                     link.flush_replies();
