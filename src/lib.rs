@@ -29,6 +29,8 @@ pub mod transport;
 /// SIGINT/SIGTERM. Call it before spawning any thread: it blocks those
 /// signals for the whole process and handles them on a thread of its own.
 pub fn run(config: config::Config) -> Result<(), session::RunError> {
+    // Before any thread starts: it decides how many heaps they share.
+    buffers::limit_heap_arenas();
     let stop = stop::Stop::new();
     stop::install(stop.clone()).map_err(|source| session::RunError::Setup {
         what: "set up signal handling",
