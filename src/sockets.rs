@@ -2,11 +2,12 @@
 //! local address (`-b` on the destination side), with a timeout; a Unix
 //! socket connect with a timeout; TCP
 //! keepalive and `TCP_USER_TIMEOUT` for the tunnel socket; how many bytes a
-//! socket holds unread; aborting a TCP connection with a reset.
+//! socket holds unread; aborting a TCP connection with a reset; a listening
+//! port bound before it listens.
 
 use std::io;
 use std::mem;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
@@ -25,23 +26,9 @@ pub fn connect_from(bind: &str, target: SocketAddr, timeout: Duration) -> io::Re
                 format!("bind address {bind} has no address of the family of {target}"),
             )
         })?;
-    let family = if target.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own; OwnedFd closes it on error paths.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let (addr, len) = sockaddr(&local);
-    // SAFETY: `addr` is a valid sockaddr of `len` bytes for this family.
-    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let owned = tcp_socket(&target)?;
+    let fd = owned.as_raw_fd();
+    bind_fd(fd, &local)?;
     let (addr, len) = sockaddr(&target);
     set_nonblocking(fd, true)?;
     // SAFETY: as above, for the target address.
@@ -55,6 +42,71 @@ pub fn connect_from(bind: &str, target: SocketAddr, timeout: Duration) -> io::Re
     }
     set_nonblocking(fd, false)?;
     Ok(TcpStream::from(owned))
+}
+
+/// A TCP port bound for a listener that does not listen yet: binding is
+/// where a port another server listens on shows, while connections to it
+/// are still refused, as if nothing were there, until [`BoundPort::listen`].
+#[derive(Debug)]
+pub struct BoundPort(OwnedFd);
+
+/// Binds `addr` for a listener, without listening. The port is held
+/// against other servers, unless connections of an earlier listener still
+/// linger on it (`TIME_WAIT`, after a restart): then it is bound with
+/// `SO_REUSEADDR`, as listeners usually are, which only a listening socket
+/// stops, so another server that binds meanwhile makes `listen` fail.
+pub fn bind_port(addr: SocketAddr) -> io::Result<BoundPort> {
+    let strict = tcp_socket(&addr)?;
+    match bind_fd(strict.as_raw_fd(), &addr) {
+        Ok(()) => Ok(BoundPort(strict)),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+            let shared = tcp_socket(&addr)?;
+            setsockopt(shared.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+            bind_fd(shared.as_raw_fd(), &addr)?;
+            Ok(BoundPort(shared))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl BoundPort {
+    /// Starts listening: connections are queued from now on. The listener
+    /// gets `SO_REUSEADDR` first: the connections it accepts inherit it, so
+    /// once they linger in `TIME_WAIT` they do not stop the next run from
+    /// binding the port.
+    pub fn listen(self) -> io::Result<TcpListener> {
+        setsockopt(self.0.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        // SAFETY: a valid, bound stream socket.
+        if unsafe { libc::listen(self.0.as_raw_fd(), libc::SOMAXCONN) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(TcpListener::from(self.0))
+    }
+}
+
+/// A new TCP socket of `addr`'s family, closed on exec.
+fn tcp_socket(addr: &SocketAddr) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own; OwnedFd closes it on error paths.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind_fd(fd: RawFd, local: &SocketAddr) -> io::Result<()> {
+    let (addr, len) = sockaddr(local);
+    // SAFETY: `addr` is a valid sockaddr of `len` bytes for this family.
+    if unsafe { libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Connects to the Unix stream socket at `path`, giving up after `timeout`
@@ -333,6 +385,47 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::TcpListener;
+
+    /// A free loopback port (bound for a moment by the system).
+    fn free_port() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    }
+
+    #[test]
+    fn a_bound_port_refuses_and_is_held_until_it_listens() {
+        let addr = free_port();
+        let bound = bind_port(addr).expect("binds");
+        let early = TcpStream::connect(addr).map_err(|e| e.kind());
+        assert_eq!(early.err(), Some(io::ErrorKind::ConnectionRefused));
+        let other = TcpListener::bind(addr).map_err(|e| e.kind());
+        assert_eq!(other.err(), Some(io::ErrorKind::AddrInUse));
+        let listener = bound.listen().expect("listens");
+        let mut client = TcpStream::connect(addr).expect("connects once listening");
+        let (mut server, _) = listener.accept().expect("accepts");
+        server.write_all(b"x").expect("writes");
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).expect("reads");
+    }
+
+    #[test]
+    fn a_port_is_bound_again_while_its_last_connections_linger() {
+        let addr = free_port();
+        let listener = bind_port(addr)
+            .and_then(BoundPort::listen)
+            .expect("listens");
+        let mut client = TcpStream::connect(addr).expect("connects");
+        let (server, _) = listener.accept().expect("accepts");
+        // The server side closes first: its end lingers in TIME_WAIT.
+        drop(server);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).expect("end of stream");
+        drop(client);
+        drop(listener);
+        let again = bind_port(addr).and_then(BoundPort::listen);
+        assert!(again.is_ok(), "{again:?}");
+    }
 
     #[test]
     fn an_aborted_connection_is_reset_for_the_peer_and_wakes_local_readers() {

@@ -13,7 +13,7 @@
 //! socket down, which also ends the read half.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::buffers::BufferPool;
 use crate::config::DestinationAddr;
 use crate::frame::DataFramer;
+pub use crate::sockets::BoundPort;
 use crate::streams::WireIds;
 use crate::transport::wire::{Outgoing, HEADER_ROOM};
 
@@ -171,9 +172,10 @@ impl Closer {
     }
 }
 
-/// Resolves `host` and binds a listener on `port` (0 = any free port),
-/// preferring IPv4 so that `localhost` means 127.0.0.1 as clients expect.
-pub fn bind_listener(host: &str, port: u16) -> io::Result<TcpListener> {
+/// Resolves `host` and binds a port for a listener on `port` (0 = any free
+/// port), preferring IPv4 so that `localhost` means 127.0.0.1 as clients
+/// expect. It refuses connections until [`BoundPort::listen`].
+pub fn bind_port(host: &str, port: u16) -> io::Result<BoundPort> {
     let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
     addrs.sort_by_key(|a| !a.is_ipv4());
     let mut last = io::Error::new(
@@ -181,8 +183,8 @@ pub fn bind_listener(host: &str, port: u16) -> io::Result<TcpListener> {
         format!("{host} resolves to no address"),
     );
     for addr in addrs {
-        match TcpListener::bind(addr) {
-            Ok(l) => return Ok(l),
+        match crate::sockets::bind_port(addr) {
+            Ok(bound) => return Ok(bound),
             Err(e) => last = e,
         }
     }

@@ -320,6 +320,57 @@ fn a_stuck_log_reader_stalls_neither_connections_nor_sigterm() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
+/// Until the tunnel is up, a source's `-s` port is held but does not
+/// listen: a client is refused at once, as with the reference (whose ports
+/// open once connected), instead of waiting in a backlog for a tunnel that
+/// may never come; and another server cannot take the port meanwhile.
+#[test]
+fn a_source_port_refuses_connections_until_the_tunnel_is_up() {
+    let _w = watchdog("port_before_tunnel", Duration::from_secs(60));
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let service_port = silent.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        // Hold every connection open, never answering the handshake.
+        let held: Vec<_> = silent.incoming().flatten().collect();
+        drop(held);
+    });
+    let port = {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        free.local_addr().expect("addr").port()
+    };
+    let source = proxy_with(
+        service_port,
+        None,
+        "token-of-a-silent-service",
+        &[
+            "-m",
+            "source",
+            "-b",
+            "127.0.0.1",
+            "-s",
+            &format!("SSH1={port}"),
+        ],
+        "src",
+        &[],
+        &fast_settings(),
+    );
+    source
+        .stderr
+        .wait_for("Attempting to establish web socket connection", SECS_20);
+    let refused = std::net::TcpStream::connect(("127.0.0.1", port));
+    assert_eq!(
+        refused.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "a connection before the tunnel is up: {refused:?}"
+    );
+    let other = std::net::TcpListener::bind(("127.0.0.1", port));
+    assert_eq!(
+        other.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::AddrInUse),
+        "another server took the port: {other:?}"
+    );
+}
+
 /// A source whose `-s` port is taken fails before it connects: the access
 /// token is not spent (the service binds it to the first client token it
 /// sees), so the corrected command works with the same token.

@@ -443,7 +443,7 @@ struct Shared {
     pool: BufferPool,
     /// Source: the listeners of the `-s` ports, bound before connecting,
     /// until the tunnel's services are known.
-    prebound: Mutex<Vec<(u16, std::net::TcpListener)>>,
+    prebound: Mutex<Vec<(u16, crate::tcp::BoundPort)>>,
     /// The connection slots (shared with the machine's).
     slots: machine::Slots,
     /// When the last connection ended, until its memory is released.

@@ -9,7 +9,9 @@ use super::machine::{ListenOn, Refused};
 use super::writer::Link;
 use super::{LocalConn, RunError, Shared};
 use crate::streams::{ConnKey, Refusal};
-use crate::tcp::{self, Conn, ConnStats, LocalStream, ReadHalf, SilenceCheck, WriteHalf};
+use crate::tcp::{
+    self, BoundPort, Conn, ConnStats, LocalStream, ReadHalf, SilenceCheck, WriteHalf,
+};
 
 /// The address local listeners bind to (`-b`, else the settings').
 fn listen_host(shared: &Shared) -> String {
@@ -20,21 +22,26 @@ fn listen_host(shared: &Shared) -> String {
         .unwrap_or_else(|| shared.config.settings.default_bind_address.clone())
 }
 
-fn bind(host: &str, port: u16, service: &str) -> Result<TcpListener, RunError> {
-    tcp::bind_listener(host, port).map_err(|source| RunError::Listen {
+fn listen_error(host: &str, port: u16, service: &str, source: std::io::Error) -> RunError {
+    RunError::Listen {
         address: crate::transport::host_port(host, port),
         service: service.to_string(),
         source,
-    })
+    }
+}
+
+fn bind(host: &str, port: u16, service: &str) -> Result<BoundPort, RunError> {
+    tcp::bind_port(host, port).map_err(|e| listen_error(host, port, service, e))
 }
 
 /// Source: binds the ports given with `-s` before the first connect, so a
 /// port that is taken or a `-b` that does not resolve is an error before
 /// the access token is spent (the service then accepts it only with this
-/// process's client token). Connections made to them meanwhile wait in the
-/// backlog. Ports picked by the system (0) and ports from a mapping
-/// directory (only the advertised services are looked up) are bound when
-/// the services are known, as before.
+/// process's client token). They listen once the tunnel is up, as the
+/// reference's do: until then a connection is refused, not queued, and a
+/// readiness check still means the tunnel is there. Ports picked by the
+/// system (0) and ports from a mapping directory (only the advertised
+/// services are looked up) are bound when the services are known.
 pub(super) fn prebind(shared: &Shared) -> Result<(), RunError> {
     let cfg = &shared.config;
     if cfg.mode != crate::config::Mode::Source || cfg.services_from_dir {
@@ -79,10 +86,13 @@ pub(super) fn listen(shared: &Arc<Shared>, on: Vec<ListenOn>) -> Result<(), RunE
             .iter()
             .position(|(port, _)| spec.port != 0 && *port == spec.port)
             .map(|i| prebound.swap_remove(i).1);
-        let l = match early {
-            Some(l) => l,
+        let bound = match early {
+            Some(bound) => bound,
             None => bind(&host, spec.port, &spec.label)?,
         };
+        let l = bound
+            .listen()
+            .map_err(|e| listen_error(&host, spec.port, &spec.label, e))?;
         listeners.push((spec, l));
     }
     for (spec, l) in listeners {
