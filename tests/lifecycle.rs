@@ -195,23 +195,29 @@ fn systemd_readiness_is_notified_once_the_tunnel_is_up() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A stop while connecting: the service accepted the TCP connection and
-/// never answers the TLS handshake. The proxy exits 0 at once instead of
-/// waiting out its 15 s connect timeout (and trying again).
-#[test]
-fn sigterm_while_the_service_does_not_answer_the_connect_exits_0_at_once() {
-    let _w = watchdog("sigterm_connecting", Duration::from_secs(60));
+/// A "service" that accepts every connection and holds it open without
+/// writing a byte: its port, and a signal per connection accepted.
+fn silent_service() -> (u16, std::sync::mpsc::Receiver<()>) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = silent.local_addr().expect("addr").port();
     let (accepted_tx, accepted) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        // Hold every connection open, never writing a byte.
         let mut held = Vec::new();
         for c in silent.incoming().flatten() {
             held.push(c);
             let _ = accepted_tx.send(());
         }
     });
+    (port, accepted)
+}
+
+/// A stop while connecting: the service accepted the TCP connection and
+/// never answers the TLS handshake. The proxy exits 0 at once instead of
+/// waiting out its 15 s connect timeout (and trying again).
+#[test]
+fn sigterm_while_the_service_does_not_answer_the_connect_exits_0_at_once() {
+    let _w = watchdog("sigterm_connecting", Duration::from_secs(60));
+    let (port, accepted) = silent_service();
     let mut source = proxy_with(
         port,
         None,
@@ -327,29 +333,17 @@ fn a_stuck_log_reader_stalls_neither_connections_nor_sigterm() {
 #[test]
 fn a_source_port_refuses_connections_until_the_tunnel_is_up() {
     let _w = watchdog("port_before_tunnel", Duration::from_secs(60));
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let service_port = silent.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        // Hold every connection open, never answering the handshake.
-        let held: Vec<_> = silent.incoming().flatten().collect();
-        drop(held);
-    });
+    let (service_port, _accepted) = silent_service();
     let port = {
         let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         free.local_addr().expect("addr").port()
     };
+    let map = format!("SSH1={port}");
     let source = proxy_with(
         service_port,
         None,
         "token-of-a-silent-service",
-        &[
-            "-m",
-            "source",
-            "-b",
-            "127.0.0.1",
-            "-s",
-            &format!("SSH1={port}"),
-        ],
+        &["-m", "source", "-b", "127.0.0.1", "-s", &map],
         "src",
         &[],
         &fast_settings(),
@@ -381,17 +375,11 @@ fn a_taken_source_port_fails_before_the_token_is_spent() {
     let tunnel = service.open(&["SSH1"]);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
+    let map = format!("SSH1={port}");
     let mut first = proxy(
         &service,
         &tunnel.source_token,
-        &[
-            "-m",
-            "source",
-            "-b",
-            "127.0.0.1",
-            "-s",
-            &format!("SSH1={port}"),
-        ],
+        &["-m", "source", "-b", "127.0.0.1", "-s", &map],
         "src",
     );
     assert_eq!(first.wait_exit(SECS_20), 1);
@@ -410,14 +398,7 @@ fn a_taken_source_port_fails_before_the_token_is_spent() {
     let second = proxy(
         &service,
         &tunnel.source_token,
-        &[
-            "-m",
-            "source",
-            "-b",
-            "127.0.0.1",
-            "-s",
-            &format!("SSH1={port}"),
-        ],
+        &["-m", "source", "-b", "127.0.0.1", "-s", &map],
         "src2",
     );
     second.stderr.wait_for(
