@@ -154,19 +154,36 @@ impl Write for &LocalStream {
 }
 
 /// Lets the session abort a connection whose data was lost (see
-/// [`LocalStream::abort`]). Empty until the connection's socket exists.
+/// [`LocalStream::abort`]), and tells it whether the connection has an
+/// application yet. Empty until the connection's socket exists.
 #[derive(Debug, Default)]
-pub struct Closer(OnceLock<Arc<LocalStream>>);
+pub struct Closer {
+    stream: OnceLock<Arc<LocalStream>>,
+    /// A connect failed and no later one succeeded yet: the application is
+    /// not there, and what is queued for it waits for a retry.
+    unreachable: AtomicBool,
+}
 
 impl Closer {
     /// Records the socket once it is connected.
     pub fn set(&self, stream: Arc<LocalStream>) {
-        let _ = self.0.set(stream);
+        self.unreachable.store(false, Ordering::Relaxed);
+        let _ = self.stream.set(stream);
+    }
+
+    /// Records that a connect failed and is to be retried.
+    pub fn set_unreachable(&self) {
+        self.unreachable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a connect failed and none succeeded since.
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::Relaxed)
     }
 
     /// Aborts the connection (when its socket exists); both halves end.
     pub fn abort(&self) {
-        if let Some(s) = self.0.get() {
+        if let Some(s) = self.stream.get() {
             s.abort();
         }
     }

@@ -1167,6 +1167,63 @@ fn a_reset_while_connecting_ends_the_connect_retries() {
     );
 }
 
+/// A service whose application is down does not hold up the others. Data
+/// for a connection whose connect failed and waits for a retry is not
+/// waited for (that wait stalled every service of the tunnel for a second
+/// per such connection): the connection is reset once its queue is full.
+#[test]
+fn an_unreachable_service_does_not_stall_the_others() {
+    let _w = watchdog("unreachable_isolation", Duration::from_secs(90));
+    let down = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port nothing listens on")
+        .port();
+    let slow_retry = settings_file(
+        "unreachable_isolation",
+        r#"{"tunneling":{"proxy":{"tcp":{"connection_retry_count":"3","connection_retry_delay_ms":"5000"}}}}"#,
+    );
+    let pair = Pair::start(
+        &format!("SSH1={},HTTP={down}", echo_server()),
+        PairOpts {
+            services: &["SSH1", "HTTP"],
+            dest_settings: Some(&slow_retry),
+            ..PairOpts::default()
+        },
+    );
+    let http = listening_port(&pair.source, "HTTP");
+    let mut ssh = connect(pair.port);
+    round_trip(&mut ssh, b"before");
+    // Uploads of 4 MiB each, more than a connection's queue, one after
+    // the other, to the service that is down.
+    let uploads = thread::spawn(move || {
+        for _ in 0..3 {
+            let mut c = connect(http);
+            c.set_write_timeout(Some(SECS_20)).expect("timeout");
+            let chunk = vec![7u8; 64 * 1024];
+            for _ in 0..64 {
+                if c.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            wait_closed(&mut c, "upload to a service that is down", SECS_20);
+        }
+    });
+    let mut worst = Duration::ZERO;
+    while !uploads.is_finished() {
+        let t = Instant::now();
+        round_trip(&mut ssh, &[1u8; 64]);
+        worst = worst.max(t.elapsed());
+    }
+    uploads.join().expect("uploads");
+    assert!(
+        worst < Duration::from_millis(800),
+        "an SSH1 round trip took {worst:?} while HTTP was down"
+    );
+    pair.dest
+        .stderr
+        .wait_for("is not reachable and 2016 KiB wait for it", SECS_20);
+}
+
 /// After a burst of connections ends, the proxies give the memory those
 /// connections used back (glibc would keep it in its arenas for good): a
 /// device's memory comes back to what it was, within a few MiB (the

@@ -116,6 +116,7 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         match tcp::connect_once(&addr, bind) {
             Ok(stream) => break stream,
             Err(e) if attempt < attempts => {
+                closer.set_unreachable();
                 shared.unreachable(&format_args!(
                     "Cannot connect to {target} for service {label} ({}): {e}; retrying in \
                      {delay:?}",

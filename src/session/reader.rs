@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, SendTimeoutError};
+use crossbeam_channel::{Receiver, SendTimeoutError, TrySendError};
 
 use super::machine::{Known, Step};
 use super::writer::{self, Control, Link};
@@ -284,7 +284,11 @@ fn dispatch(shared: &Arc<Shared>, link: &Link, d: Decoded<'_>) -> Result<(), Fai
 }
 
 /// Hands a payload to a local connection; one whose application stopped
-/// reading for [`STALL_TIMEOUT`] is reset.
+/// reading for [`STALL_TIMEOUT`] is reset. The wait holds up the whole
+/// tunnel, so it is only for an application that is there: a connection
+/// whose connect failed and waits for a retry is reset as soon as its queue
+/// is full (a service that is down would otherwise stall every other
+/// service for a second per connection).
 fn deliver(
     shared: &Shared,
     link: &Link,
@@ -292,22 +296,34 @@ fn deliver(
     to: LocalConn,
     payload: Vec<u8>,
 ) {
-    match to.tx.send_timeout(payload, STALL_TIMEOUT) {
-        Ok(()) | Err(SendTimeoutError::Disconnected(_)) => {}
-        Err(SendTimeoutError::Timeout(_)) => {
-            let stalled = shared.lock().machine.stalled(&key);
-            if let Some((conn, frame)) = stalled {
+    let unreachable = to.closer.is_unreachable();
+    let sent = if unreachable {
+        to.tx.try_send(payload).map_err(|e| match e {
+            TrySendError::Full(p) => SendTimeoutError::Timeout(p),
+            TrySendError::Disconnected(p) => SendTimeoutError::Disconnected(p),
+        })
+    } else {
+        to.tx.send_timeout(payload, STALL_TIMEOUT)
+    };
+    if let Err(SendTimeoutError::Timeout(_)) = sent {
+        let stalled = shared.lock().machine.stalled(&key);
+        if let Some((conn, frame)) = stalled {
+            let queued = super::LOCAL_QUEUE * shared.config.settings.max_payload_size / 1024;
+            if unreachable {
+                shared.dropped(&format_args!(
+                    "Local service of stream {} connection {} is not reachable and {queued} \
+                     KiB wait for it: resetting that connection",
+                    key.stream_id, key.conn_id,
+                ));
+            } else {
                 shared.dropped(&format_args!(
                     "Local application of stream {} connection {} stopped reading \
-                     ({} KiB queued for {:?}): resetting that connection",
-                    key.stream_id,
-                    key.conn_id,
-                    super::LOCAL_QUEUE * shared.config.settings.max_payload_size / 1024,
-                    STALL_TIMEOUT
+                     ({queued} KiB queued for {STALL_TIMEOUT:?}): resetting that connection",
+                    key.stream_id, key.conn_id,
                 ));
-                conn.abort();
-                link.send_control(frame);
             }
+            conn.abort();
+            link.send_control(frame);
         }
     }
 }
