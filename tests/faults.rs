@@ -321,6 +321,36 @@ fn short_connections_deliver_every_byte_v1() {
     short_connections("V1", &["-y", "V1"], 1);
 }
 
+/// A V1/V2 destination carries one connection per service at a time. A
+/// client that closes one connection and at once opens the next (`scp`
+/// then `ssh`) reaches the port before the source has processed the end of
+/// the first: the new one is held until then, not refused (it was, about
+/// once in 15).
+#[test]
+fn back_to_back_connections_to_a_v2_service_are_held_not_refused() {
+    let _w = watchdog("v2_back_to_back", Duration::from_secs(120));
+    let pair = Pair::echo(PairOpts {
+        src_extra: &["-y", "V2"],
+        ..PairOpts::default()
+    });
+    for i in 0..100 {
+        let data = Arc::new(random_bytes(i, 64 * 1024));
+        let got = echo_through(connect(pair.port), data.clone());
+        assert!(
+            got == *data,
+            "connection {i}: {} of {} bytes echoed",
+            got.len(),
+            data.len()
+        );
+    }
+    assert_eq!(
+        pair.source.stderr.count("Refusing local connection"),
+        0,
+        "{}",
+        pair.source.stderr.all()
+    );
+}
+
 /// The other way: an application that answers each connection with 128 KiB
 /// and closes at once; every client reads all of it.
 #[test]

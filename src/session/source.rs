@@ -3,7 +3,7 @@
 
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::machine::{ListenOn, Refused};
 use super::writer::Link;
@@ -135,6 +135,14 @@ fn accept_loop(shared: &Arc<Shared>, service: usize, listener: &TcpListener) {
     }
 }
 
+/// How long a connection to a V1/V2 service that already carries one is
+/// held before it is refused: a client that closes one connection and at
+/// once opens the next (`scp` then `ssh`) reaches the port before the end
+/// of the first is processed.
+const BUSY_HOLD: Duration = Duration::from_secs(2);
+/// How often a held connection checks whether the service is free.
+const BUSY_POLL: Duration = Duration::from_millis(10);
+
 /// A local client connected to a service's port.
 fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
     let peer = stream
@@ -144,11 +152,25 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
     let (handle, rx) = LocalConn::new();
     let closer = handle.closer.clone();
-    let outcome = {
-        let mut st = shared.lock();
-        match st.link.clone() {
-            None => Err(Refused::NotReady),
-            Some(link) => st.machine.accept(service, handle).map(|a| (a, link)),
+    let hold_until = Instant::now() + BUSY_HOLD;
+    let outcome = loop {
+        let outcome = {
+            let mut st = shared.lock();
+            match st.link.clone() {
+                None => Err(Refused::NotReady),
+                Some(link) => st
+                    .machine
+                    .accept(service, handle.clone())
+                    .map(|a| (a, link)),
+            }
+        };
+        match outcome {
+            // The open connection may be ending (its client closed and
+            // opened the next one): wait a little before refusing.
+            Err(Refused::Busy(_)) if Instant::now() < hold_until => {
+                std::thread::sleep(BUSY_POLL);
+            }
+            outcome => break outcome,
         }
     };
     let (acc, link) = match outcome {
