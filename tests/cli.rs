@@ -385,6 +385,12 @@ fn value_errors_use_the_reference_words() {
         None,
         "-y/--destination-client-type",
     );
+    // V1 messages carry no service id: one service only.
+    rejects(
+        &["-s", "SSH1=5555,HTTP=5556", "-y", "V1"],
+        None,
+        "-y/--destination-client-type V1 on the command line with 2 services (SSH1, HTTP)",
+    );
     rejects(
         &["-s", "0"],
         Some("Port must be between 1 and 65535"),

@@ -122,6 +122,33 @@ fn v2_and_v1_sources_against_a_v3_destination() {
     }
 }
 
+/// A V1 source serves one service: on a tunnel of two, a source that takes
+/// the advertised services (no `-s`) stops at once, saying why, instead of
+/// listening on ports whose connections all fail.
+#[test]
+fn a_v1_source_on_a_tunnel_of_two_services_stops_with_a_clear_error() {
+    let _w = watchdog("v1_two_services", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1", "HTTP"]);
+    let mut source = proxy(
+        &service,
+        &tunnel.source_token,
+        &["-m", "source", "-y", "V1"],
+        "src",
+    );
+    assert_eq!(source.wait_exit(SECS_20), 1, "{}", source.stderr.all());
+    let err = source.final_stderr();
+    assert!(
+        err.contains("V1 on a tunnel of 2 services") && err.contains("use V2 or V3"),
+        "{err}"
+    );
+    assert_eq!(
+        source.stderr.count("Listening for new connection"),
+        0,
+        "{err}"
+    );
+}
+
 #[test]
 fn destination_service_down_closes_the_client_socket() {
     let _w = watchdog("destination_down", Duration::from_secs(60));

@@ -69,6 +69,11 @@ pub enum ConfigError {
         reason: String,
         reference: Option<String>,
     },
+    /// `-y V1` with several services: V1 messages carry no service id.
+    V1WithServices {
+        origin: Origin,
+        services: Vec<String>,
+    },
     /// The same service id twice.
     DuplicateService {
         id: String,
@@ -144,6 +149,7 @@ impl ConfigError {
             | ConfigError::ClientTokenTwice { .. }
             | ConfigError::ClientTokenFile(_)
             | ConfigError::DuplicateService { .. }
+            | ConfigError::V1WithServices { .. }
             | ConfigError::SettingsFile { .. } => return None,
         })
     }
@@ -242,6 +248,15 @@ impl ConfigError {
             } => write!(
                 f,
                 "invalid service mapping '{item}' in {location}: {reason}"
+            ),
+            ConfigError::V1WithServices { origin, services } => write!(
+                f,
+                "{} V1 {origin} with {} services ({}): V1 messages carry no service id, so \
+                 a V1 destination serves one service; map one service with -s, or use V2 \
+                 or V3",
+                Opt::DestinationClientType,
+                services.len(),
+                services.join(", ")
             ),
             ConfigError::DuplicateService { id, first, second } if first == second => {
                 write!(f, "service id '{id}' is mapped twice in {first}")

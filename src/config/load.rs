@@ -456,6 +456,7 @@ fn build(
         (Some((m, _)), _) | (None, Some((m, _, _))) => m,
         (None, None) => return Err(ConfigError::MissingMode),
     };
+    let explicit_y = peer_version;
     let peer_version = match peer_version {
         None => PeerVersion::V3,
         Some(_) if mode == Mode::Destination => {
@@ -503,6 +504,15 @@ fn build(
     let services_from_dir = implied.is_none() && !located.is_empty();
     if let Some((id, first, second)) = mapping::find_duplicate(&located) {
         return Err(ConfigError::DuplicateService { id, first, second });
+    }
+    if let (PeerVersion::V1, Some((_, g)), [_, _, ..]) = (peer_version, &explicit_y, &located[..]) {
+        return Err(ConfigError::V1WithServices {
+            origin: g.origin.clone(),
+            services: located
+                .iter()
+                .map(|l| l.mapping.id.clone().unwrap_or_default())
+                .collect(),
+        });
     }
     let services = located.into_iter().map(|l| l.mapping).collect();
 

@@ -347,6 +347,9 @@ pub enum ServicesError {
     NoDestination(BTreeSet<String>),
     /// A source with neither a mapping nor an advertised service.
     NoService,
+    /// A source for a V1 destination (`-y V1`) on a tunnel of several
+    /// services: V1 messages carry no service id.
+    V1WithServices(BTreeSet<String>),
 }
 
 impl ServicesError {
@@ -391,6 +394,13 @@ impl fmt::Display for ServicesError {
             ServicesError::NoService => {
                 f.write_str("the tunnel advertised no service and none is mapped")
             }
+            ServicesError::V1WithServices(set) => write!(
+                f,
+                "-y/--destination-client-type V1 on a tunnel of {} services {set:?}: V1 \
+                 messages carry no service id, so a V1 destination serves one service; map \
+                 one service with -s, or use V2 or V3",
+                set.len()
+            ),
         }
     }
 }
@@ -624,6 +634,14 @@ impl<C: Clone> Machine<C> {
         let table = self.table.as_ref().ok_or(ServicesError::NoService)?;
         if table.service_count() == 0 {
             return Err(ServicesError::NoService);
+        }
+        if self.mode == Mode::Source
+            && self.peer_version == PeerVersion::V1
+            && table.service_count() > 1
+        {
+            return Err(ServicesError::V1WithServices(
+                self.advertised.clone().unwrap_or_default(),
+            ));
         }
         self.ready = true;
         if self.mode == Mode::Destination || self.listening {
@@ -1312,6 +1330,18 @@ mod tests {
             s.services_known(Some(vec![])),
             Err(ServicesError::Changed { .. })
         ));
+    }
+
+    #[test]
+    fn a_v1_source_refuses_a_tunnel_of_several_services() {
+        let mut s: M = Machine::new(Mode::Source, PeerVersion::V1, &[], 128);
+        let e = s
+            .services_known(Some(vec!["WEB".into(), "SSH1".into()]))
+            .expect_err("two services for V1");
+        assert!(matches!(e, ServicesError::V1WithServices(_)), "{e}");
+        assert!(!e.is_protocol());
+        let mut one: M = Machine::new(Mode::Source, PeerVersion::V1, &[], 128);
+        assert!(one.services_known(Some(vec!["SSH1".into()])).is_ok());
     }
 
     #[test]
