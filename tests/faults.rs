@@ -610,6 +610,44 @@ fn the_first_reconnect_after_a_drop_is_immediate() {
     echo_eventually(port, 2, 1024, SECS_20);
 }
 
+/// The loss of an established tunnel is not a failed connect attempt, even
+/// a second one soon after the first: with `connect_retry_count` 0 (give up
+/// at the first failed attempt) the proxy still reconnects after each drop.
+/// It used to count the second loss as a failure and exit 4 without trying.
+#[test]
+fn a_second_drop_soon_after_the_first_does_not_spend_a_connect_attempt() {
+    let _w = watchdog("second_drop", Duration::from_secs(60));
+    let strict = settings(
+        "second_drop",
+        "",
+        r#""connect_retry_count":"0","retry_delay_ms":"100""#,
+    );
+    let Pair {
+        service,
+        tunnel,
+        mut dest,
+        port,
+        source: _source,
+    } = Pair::echo(PairOpts {
+        dest_settings: Some(&strict),
+        ..PairOpts::default()
+    });
+    echo_eventually(port, 1, 1024, SECS_20);
+    for drop in 1..=2 {
+        let n = dest.stderr.count(CONNECTED);
+        local_test(
+            &service,
+            "LocalTest.Drop",
+            serde_json::json!({"tunnelId": tunnel.id, "side": "destination"}),
+        );
+        dest.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
+        echo_eventually(port, 1 + drop, 1024, SECS_20);
+    }
+    dest.stderr.wait_for("again within", SECS_20);
+    let exited = dest.child.try_wait().expect("try_wait");
+    assert!(exited.is_none(), "{exited:?}: {}", dest.stderr.all());
+}
+
 /// RssAnon of a process, in KiB (its own heap and stacks).
 fn rss_anon_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

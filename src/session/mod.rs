@@ -229,7 +229,8 @@ pub fn liveness_limit(ping_period: Duration) -> Duration {
 /// its services, or it stayed up [`HEALTHY_PERIOD`]) the first attempt is
 /// immediate, at most once per [`HEALTHY_PERIOD`]; after each failed attempt
 /// the wait starts at `retry_delay_ms` and doubles up to [`MAX_BACKOFF`].
-/// `connect_retry_count` counts failed attempts in a row.
+/// `connect_retry_count` counts failed attempts in a row (the loss of an
+/// established tunnel is not one).
 pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
     let client_token = config
         .client_token
@@ -289,15 +290,26 @@ pub fn run(config: Config, stop: Arc<Stop>) -> Result<(), RunError> {
                     End::Protocol(e) | End::Lost(e) => {
                         if established {
                             // A recovery: the backoff and the
-                            // connect_retry_count budget start over.
+                            // connect_retry_count budget start over. The
+                            // loss is not a failed attempt: the next
+                            // attempt is made, now or (a second loss within
+                            // HEALTHY_PERIOD) after retry_delay_ms.
                             failures = 0;
+                            crate::notify::notify_status(&format!("reconnecting: {e}"));
                             let now = Instant::now();
                             if last_immediate.map_or(true, |t| now - t >= HEALTHY_PERIOD) {
                                 last_immediate = Some(now);
-                                crate::notify::notify_status(&format!("reconnecting: {e}"));
                                 log::warn!("Tunnel connection lost ({e}); reconnecting now");
                                 continue;
                             }
+                            log::warn!(
+                                "Tunnel connection lost ({e}) again within {HEALTHY_PERIOD:?}; \
+                                 reconnecting in {base:.1?}"
+                            );
+                            if stop.wait(base) {
+                                return Ok(());
+                            }
+                            continue;
                         }
                         e
                     }
