@@ -540,6 +540,84 @@ fn rule_violations_close_the_client() {
     assert!(r.contains("text frame"), "{r}");
 }
 
+/// A message marked ignorable is held to the same rules as the others
+/// (type non-zero, no extra fields, known fields of their wire type, payload
+/// at most 64512 bytes): before, `ignorable` skipped every check and the
+/// message went to the peer as it was. A valid one of an unknown type is
+/// still relayed.
+#[test]
+fn ignorable_messages_are_held_to_the_same_rules() {
+    let _w = common::watchdog("ignorable", std::time::Duration::from_secs(60));
+    let svc = Svc::start(&[]);
+    let ct = "i".repeat(40);
+    let (_, src, dst) = svc.open(&["SSH1"], 10);
+    let raw = |body: &[u8]| {
+        let mut f = u16::try_from(body.len())
+            .expect("fits")
+            .to_be_bytes()
+            .to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let mut big = vec![0x08, 99, 0x10, 5, 0x18, 1, 0x22, 0xe8, 0xfb, 0x03];
+    big.extend(std::iter::repeat(b'x').take(65_000));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "explicit type 0",
+            raw(&[0x08, 0, 0x10, 0, 0x18, 1]),
+            "type 0",
+        ),
+        (
+            "unknown field",
+            raw(&[0x08, 99, 0x10, 5, 0x18, 1, 0xa0, 0x06, 5]),
+            "unknown field 100",
+        ),
+        ("payload over the limit", raw(&big), "64512"),
+        (
+            "wrong wire type",
+            raw(&[0x08, 99, 0x18, 1, 0x20, 7]),
+            "field 4 has wire type 0",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let mut ws = join(&svc, "source", &src, Some(&ct));
+        match recv(&mut ws, &mut FrameDecoder::default(), 1) {
+            Event::Frames(_) => {}
+            e => panic!("{what}: {e:?}"),
+        }
+        send(&mut ws, bytes);
+        let (c, r) = expect_close(&mut ws);
+        assert_eq!(c, 1008, "{what}: {r}");
+        assert!(r.contains(reason), "{what}: {r:?} lacks {reason:?}");
+    }
+    let mut d = join(&svc, "destination", &dst, None);
+    let mut s = join(&svc, "source", &src, Some(&ct));
+    for ws in [&mut d, &mut s] {
+        match recv(ws, &mut FrameDecoder::default(), 1) {
+            Event::Frames(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    let mut sent = raw(&[0x08, 42, 0x10, 1, 0x18, 1, 0x22, 1, b'a']);
+    sent.extend(frames(&[message(
+        MessageType::STREAM_START,
+        1,
+        "SSH1",
+        1,
+        b"",
+    )]));
+    send(&mut s, sent.clone());
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match d.read().expect("relayed") {
+            WsMessage::Binary(b) => got.extend_from_slice(&b),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(got, sent, "relayed unchanged");
+}
+
 #[test]
 fn a_new_connection_replaces_the_old_and_resets_peer_streams() {
     let svc = Svc::start(&[]);

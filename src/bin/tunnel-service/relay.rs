@@ -94,11 +94,18 @@ pub fn validate(
     services: &[String],
     known: &[String],
 ) -> Result<Option<StreamEvent>, Violation> {
+    // A message to skip is held to the same field rules (its payload size
+    // was checked by the codec); only its unknown type is let through.
+    check_fields(&raw[FRAME_LENGTH_PREFIX..])?;
     let m = match decoded {
         Decoded::Message(m) => m,
+        Decoded::Ignored { raw_type: 0 } => {
+            return Err(Violation::policy(
+                "message of type 0 (UNKNOWN): the type must be non-zero, ignorable or not",
+            ))
+        }
         Decoded::Ignored { .. } => return Ok(None),
     };
-    check_fields(&raw[FRAME_LENGTH_PREFIX..])?;
     let t = m.type_pb;
     match t {
         MessageType::SERVICE_IDS | MessageType::SESSION_RESET => {
@@ -890,6 +897,28 @@ mod tests {
             .expect_err("extra")
             .reason
             .contains("unknown field 9"));
+        // Ignorable messages: type 0, unknown fields and wrong wire types
+        // are refused; a valid unknown type passes.
+        let type0 = [0, 6, 0x08, 0, 0x10, 1, 0x18, 1];
+        assert!(check(&type0, Side::Source, &svcs)
+            .expect_err("type 0")
+            .reason
+            .contains("type 0"));
+        let no_type = [0, 4, 0x10, 1, 0x18, 1];
+        assert!(check(&no_type, Side::Source, &svcs).is_err());
+        let extra_ign = [0, 8, 0x08, 42, 0x10, 1, 0x18, 1, 0x48, 1];
+        assert!(check(&extra_ign, Side::Source, &svcs)
+            .expect_err("extra")
+            .reason
+            .contains("unknown field 9"));
+        // Field 2 (stream id) as length-delimited.
+        let wire_ign = [0, 7, 0x08, 42, 0x18, 1, 0x12, 1, 0x61];
+        assert!(check(&wire_ign, Side::Source, &svcs)
+            .expect_err("wire type")
+            .reason
+            .contains("field 2 has wire type 2"));
+        let ok_ign = [0, 6, 0x08, 42, 0x10, 1, 0x18, 1];
+        assert_eq!(check(&ok_ign, Side::Source, &svcs), Ok(None));
         let v1 = frame(&message(MessageType::DATA, 1, "", 0, b"x"));
         assert_eq!(check(&v1, Side::Destination, &svcs), Ok(None));
     }
