@@ -903,6 +903,25 @@ fn state_file_is_private_and_a_planted_symlink_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A state file that cannot be written stops the service at start, as the
+/// other bad state files do: started anyway, it logged an error on every
+/// save and a restart found no tunnels.
+#[test]
+fn a_state_file_that_cannot_be_written_stops_the_service_at_start() {
+    let _w = common::watchdog("state_file_unwritable", std::time::Duration::from_secs(60));
+    let dir = common::temp_dir("state-file-unwritable");
+    let state = dir.join("missing").join("state.json");
+    let state_s = state.to_str().expect("utf8").to_string();
+    let err = serve_fails(&["--state-file", &state_s]);
+    assert!(err.contains(&state_s), "names the path: {err}");
+    assert!(
+        err.contains("create the directory") && err.contains("--state-file"),
+        "says what to do: {err}"
+    );
+    assert!(!state.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A client token is unique across the open tunnels (the protocol guide):
 /// bound to one tunnel side, it is refused for the other side and for
 /// another tunnel, and free again once its tunnel is closed.

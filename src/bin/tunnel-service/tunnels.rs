@@ -569,8 +569,24 @@ impl Registry {
                 n += 1;
             }
         }
+        // A state file that cannot be written now would lose every tunnel
+        // at the next restart, save after save: refuse to start instead.
+        state::save(path, &snapshot(&g)).map_err(|e| {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "state file {} cannot be written ({e}): create the directory {} \
+                     (writable by this user) or choose another --state-file",
+                    path.display(),
+                    dir.display()
+                ),
+            )
+        })?;
         let _ = self.state_file.set(path.to_path_buf());
-        self.persist(&g);
         drop(g);
         self.expiry.notify_all();
         Ok(n)
@@ -582,14 +598,7 @@ impl Registry {
         let Some(path) = self.state_file.get() else {
             return;
         };
-        let tunnels: Vec<Value> = g
-            .order
-            .iter()
-            .filter_map(|id| g.tunnels.get(id))
-            .map(Tunnel::to_state)
-            .collect();
-        let v = json!({ "version": state::FORMAT_VERSION, "tunnels": tunnels });
-        if let Err(e) = state::save(path, &v) {
+        if let Err(e) = state::save(path, &snapshot(g)) {
             log::error!("cannot save the state file {}: {e}", path.display());
         }
     }
@@ -1129,6 +1138,17 @@ impl Registry {
 }
 
 /// A random UUID-shaped tunnel id.
+/// The state file's contents for the tunnels in `g`, in opening order.
+fn snapshot(g: &Inner) -> Value {
+    let tunnels: Vec<Value> = g
+        .order
+        .iter()
+        .filter_map(|id| g.tunnels.get(id))
+        .map(Tunnel::to_state)
+        .collect();
+    json!({ "version": state::FORMAT_VERSION, "tunnels": tunnels })
+}
+
 fn uuid_like() -> Result<String, ApiError> {
     let h = localproxy::secret::random_hex(16).map_err(no_randomness)?;
     Ok(format!(
