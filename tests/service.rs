@@ -1011,3 +1011,132 @@ fn a_service_id_must_have_had_a_stream_start_before_other_messages_name_it() {
         e => panic!("{e:?}"),
     }
 }
+
+/// Sends `request` over TLS to the data plane; returns the response head.
+fn raw_handshake(svc: &common::Service, request: &str) -> String {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(&svc.data_addr).expect("data plane connects");
+    tcp.set_read_timeout(Some(WATCHDOG)).expect("timeout");
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+        .expect("connector");
+    b.set_ca_file(svc.ca_dir.join("tunnel-service.pem"))
+        .expect("CA");
+    let mut tls = b.build().connect("localhost", tcp).expect("TLS handshake");
+    tls.write_all(request.as_bytes()).expect("request sent");
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// Tokens sent where they do not belong (a header line without a colon, the
+/// path, the mode, the subprotocol, API members and the operation name) are
+/// refused without being logged, even at trace level: the log names the
+/// part of the request instead. Before, the bad header line, the path and
+/// the API's validation messages were logged as sent.
+#[test]
+fn tokens_in_rejected_input_never_reach_the_log() {
+    let _w = common::watchdog("tokens_not_logged", std::time::Duration::from_secs(60));
+    let svc = common::Service::start(&["-v", "6"]);
+    let t = svc.open(&["SSH1"]);
+    let tok = t.source_token.clone();
+    let head = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+    };
+    let proto = "Sec-WebSocket-Protocol: aws.iot.securetunneling-3.0\r\n";
+    let handshakes = [
+        head(
+            "/tunnel?local-proxy-mode=source",
+            &format!("access-token {tok}\r\n{proto}"),
+        ),
+        head(
+            &format!("/tun{tok}?local-proxy-mode=source"),
+            &format!("access-token: {tok}\r\n{proto}"),
+        ),
+        head(
+            &format!("/tunnel?local-proxy-mode={tok}"),
+            &format!("access-token: {tok}\r\n{proto}"),
+        ),
+        head(
+            "/tunnel?local-proxy-mode=source",
+            &format!("access-token: {tok}\r\nSec-WebSocket-Protocol: {tok}\r\n"),
+        ),
+        format!("GET /tunnel?{tok} HTTP/1.1 x\r\n\r\n"),
+    ];
+    let mut responses = Vec::new();
+    for h in &handshakes {
+        let resp = raw_handshake(&svc, h);
+        assert!(resp.starts_with("HTTP/1.1 4"), "{resp}");
+        responses.push(resp);
+    }
+    // What goes back may quote the request (the client sent it).
+    assert!(responses[1].contains("no such path"), "{}", responses[1]);
+    let api = &svc.api_addr;
+    let calls = [
+        (
+            "IoTSecuredTunneling.DescribeTunnel",
+            json!({ "tunnelId": tok }),
+        ),
+        (
+            "IoTSecuredTunneling.RotateTunnelAccessToken",
+            json!({ "tunnelId": t.id, "clientMode": tok }),
+        ),
+        (
+            "IoTSecuredTunneling.ListTunnels",
+            json!({ "nextToken": tok }),
+        ),
+        (tok.as_str(), json!({})),
+    ];
+    for (target, body) in &calls {
+        let (status, _, v) = raw_call(api, target, &body.to_string());
+        assert_eq!(status, 400, "{target}: {v}");
+    }
+    // A tunnel id that fits the pattern but names no tunnel.
+    let alnum: String = tok
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(100)
+        .collect();
+    let (status, _, _) = raw_call(
+        api,
+        "IoTSecuredTunneling.DescribeTunnel",
+        &json!({ "tunnelId": alnum }).to_string(),
+    );
+    assert_eq!(status, 400);
+    let log = &svc.proc.stderr;
+    log.wait_for_nth(
+        "refused: 4",
+        handshakes.len(),
+        std::time::Duration::from_secs(10),
+    );
+    log.wait_for_nth(
+        "Exception: ",
+        calls.len() + 1,
+        std::time::Duration::from_secs(10),
+    );
+    let all = log.all();
+    for secret in [&tok, &alnum, &t.destination_token] {
+        for l in all.lines() {
+            assert!(
+                !l.contains(secret.as_str()) && !l.contains(&secret[..16]),
+                "token in the log: {l}"
+            );
+        }
+    }
+    // The log names what was wrong.
+    for needle in [
+        "is not a header",
+        "no such path",
+        "invalid local-proxy-mode",
+        "no supported subprotocol",
+        "bad request line",
+        "at 'clientMode'",
+        "names no tunnel",
+        "nextToken",
+        "unknown X-Amz-Target",
+    ] {
+        assert!(all.contains(needle), "{needle:?} not in the log:\n{all}");
+    }
+}

@@ -137,6 +137,9 @@ impl ConnHandle {
 pub struct Refusal {
     pub status: u16,
     pub reason: String,
+    /// The reason for the log, when `reason` repeats request input (a path
+    /// or header value, which may hold a token): it names the part instead.
+    logged: Option<String>,
 }
 
 impl Refusal {
@@ -144,7 +147,21 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            logged: None,
         }
+    }
+
+    /// A refusal whose `reason` quotes the request: the log says `logged`.
+    pub fn echoing(status: u16, reason: impl Into<String>, logged: impl Into<String>) -> Self {
+        Refusal {
+            logged: Some(logged.into()),
+            ..Refusal::new(status, reason)
+        }
+    }
+
+    /// What the log may say: no value taken from the request.
+    pub fn for_log(&self) -> &str {
+        self.logged.as_deref().unwrap_or(&self.reason)
     }
 }
 
@@ -807,6 +824,9 @@ impl Registry {
         if !t.open {
             return Err(ApiError::not_found(format!(
                 "open tunnel {id} (it is CLOSED: its tokens cannot be rotated)"
+            ))
+            .logged_as(format!(
+                "tunnel {id} is CLOSED: its tokens cannot be rotated"
             )));
         }
         let mut r = Rotated {
