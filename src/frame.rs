@@ -188,6 +188,13 @@ pub fn decode_message(bytes: &[u8], max_payload: usize) -> Result<Decoded<'_>, F
             len: bytes.len(),
             reason: e.to_string(),
         })?;
+    // The payload limit holds for every message, those to skip included.
+    if msg.payload.len() > max_payload {
+        return Err(FrameError::PayloadTooLarge {
+            len: msg.payload.len(),
+            max: max_payload,
+        });
+    }
     if msg.type_pb == MessageType::UNKNOWN {
         // The generated enum folds every number it does not know into
         // UNKNOWN; read the raw value to report it.
@@ -196,12 +203,6 @@ pub fn decode_message(bytes: &[u8], max_payload: usize) -> Result<Decoded<'_>, F
             return Ok(Decoded::Ignored { raw_type: raw });
         }
         return Err(FrameError::UnknownType { raw });
-    }
-    if msg.payload.len() > max_payload {
-        return Err(FrameError::PayloadTooLarge {
-            len: msg.payload.len(),
-            max: max_payload,
-        });
     }
     Ok(Decoded::Message(msg))
 }
@@ -532,6 +533,15 @@ mod tests {
             })
             .expect("skipped");
         assert_eq!(seen, vec![9]);
+        // Skipped or not, a payload over the limit is refused.
+        let mut big = vec![0x08, 9, 0x18, 1, 0x22, 101];
+        big.extend([0x61; 101]);
+        let mut framed = vec![0, big.len() as u8];
+        framed.extend(big);
+        let err = FrameDecoder::new(100)
+            .decode::<FrameError, _>(&framed, |_| Ok(()))
+            .expect_err("refused");
+        assert_eq!(err, FrameError::PayloadTooLarge { len: 101, max: 100 });
         let strict = [0, 2, 0x08, 9];
         let err = FrameDecoder::default()
             .decode::<FrameError, _>(&strict, |_| Ok(()))

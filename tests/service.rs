@@ -540,6 +540,84 @@ fn rule_violations_close_the_client() {
     assert!(r.contains("text frame"), "{r}");
 }
 
+/// A message marked ignorable is held to the same rules as the others
+/// (type non-zero, no extra fields, known fields of their wire type, payload
+/// at most 64512 bytes): before, `ignorable` skipped every check and the
+/// message went to the peer as it was. A valid one of an unknown type is
+/// still relayed.
+#[test]
+fn ignorable_messages_are_held_to_the_same_rules() {
+    let _w = common::watchdog("ignorable", std::time::Duration::from_secs(60));
+    let svc = Svc::start(&[]);
+    let ct = "i".repeat(40);
+    let (_, src, dst) = svc.open(&["SSH1"], 10);
+    let raw = |body: &[u8]| {
+        let mut f = u16::try_from(body.len())
+            .expect("fits")
+            .to_be_bytes()
+            .to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    let mut big = vec![0x08, 99, 0x10, 5, 0x18, 1, 0x22, 0xe8, 0xfb, 0x03];
+    big.extend(std::iter::repeat(b'x').take(65_000));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "explicit type 0",
+            raw(&[0x08, 0, 0x10, 0, 0x18, 1]),
+            "type 0",
+        ),
+        (
+            "unknown field",
+            raw(&[0x08, 99, 0x10, 5, 0x18, 1, 0xa0, 0x06, 5]),
+            "unknown field 100",
+        ),
+        ("payload over the limit", raw(&big), "64512"),
+        (
+            "wrong wire type",
+            raw(&[0x08, 99, 0x18, 1, 0x20, 7]),
+            "field 4 has wire type 0",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let mut ws = join(&svc, "source", &src, Some(&ct));
+        match recv(&mut ws, &mut FrameDecoder::default(), 1) {
+            Event::Frames(_) => {}
+            e => panic!("{what}: {e:?}"),
+        }
+        send(&mut ws, bytes);
+        let (c, r) = expect_close(&mut ws);
+        assert_eq!(c, 1008, "{what}: {r}");
+        assert!(r.contains(reason), "{what}: {r:?} lacks {reason:?}");
+    }
+    let mut d = join(&svc, "destination", &dst, None);
+    let mut s = join(&svc, "source", &src, Some(&ct));
+    for ws in [&mut d, &mut s] {
+        match recv(ws, &mut FrameDecoder::default(), 1) {
+            Event::Frames(_) => {}
+            e => panic!("{e:?}"),
+        }
+    }
+    let mut sent = raw(&[0x08, 42, 0x10, 1, 0x18, 1, 0x22, 1, b'a']);
+    sent.extend(frames(&[message(
+        MessageType::STREAM_START,
+        1,
+        "SSH1",
+        1,
+        b"",
+    )]));
+    send(&mut s, sent.clone());
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        match d.read().expect("relayed") {
+            WsMessage::Binary(b) => got.extend_from_slice(&b),
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(got, sent, "relayed unchanged");
+}
+
 #[test]
 fn a_new_connection_replaces_the_old_and_resets_peer_streams() {
     let svc = Svc::start(&[]);
@@ -825,6 +903,25 @@ fn state_file_is_private_and_a_planted_symlink_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A state file that cannot be written stops the service at start, as the
+/// other bad state files do: started anyway, it logged an error on every
+/// save and a restart found no tunnels.
+#[test]
+fn a_state_file_that_cannot_be_written_stops_the_service_at_start() {
+    let _w = common::watchdog("state_file_unwritable", std::time::Duration::from_secs(60));
+    let dir = common::temp_dir("state-file-unwritable");
+    let state = dir.join("missing").join("state.json");
+    let state_s = state.to_str().expect("utf8").to_string();
+    let err = serve_fails(&["--state-file", &state_s]);
+    assert!(err.contains(&state_s), "names the path: {err}");
+    assert!(
+        err.contains("create the directory") && err.contains("--state-file"),
+        "says what to do: {err}"
+    );
+    assert!(!state.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A client token is unique across the open tunnels (the protocol guide):
 /// bound to one tunnel side, it is refused for the other side and for
 /// another tunnel, and free again once its tunnel is closed.
@@ -912,5 +1009,134 @@ fn a_service_id_must_have_had_a_stream_start_before_other_messages_name_it() {
     match recv(&mut s, &mut sd, 1) {
         Event::Frames(m) => assert_eq!(m, vec![message(MessageType::DATA, 9, "WEB", 1, b"reply")]),
         e => panic!("{e:?}"),
+    }
+}
+
+/// Sends `request` over TLS to the data plane; returns the response head.
+fn raw_handshake(svc: &common::Service, request: &str) -> String {
+    use std::io::{Read, Write};
+    let tcp = std::net::TcpStream::connect(&svc.data_addr).expect("data plane connects");
+    tcp.set_read_timeout(Some(WATCHDOG)).expect("timeout");
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls_client())
+        .expect("connector");
+    b.set_ca_file(svc.ca_dir.join("tunnel-service.pem"))
+        .expect("CA");
+    let mut tls = b.build().connect("localhost", tcp).expect("TLS handshake");
+    tls.write_all(request.as_bytes()).expect("request sent");
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    String::from_utf8_lossy(&resp).into_owned()
+}
+
+/// Tokens sent where they do not belong (a header line without a colon, the
+/// path, the mode, the subprotocol, API members and the operation name) are
+/// refused without being logged, even at trace level: the log names the
+/// part of the request instead. Before, the bad header line, the path and
+/// the API's validation messages were logged as sent.
+#[test]
+fn tokens_in_rejected_input_never_reach_the_log() {
+    let _w = common::watchdog("tokens_not_logged", std::time::Duration::from_secs(60));
+    let svc = common::Service::start(&["-v", "6"]);
+    let t = svc.open(&["SSH1"]);
+    let tok = t.source_token.clone();
+    let head = |target: &str, extra: &str| {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+    };
+    let proto = "Sec-WebSocket-Protocol: aws.iot.securetunneling-3.0\r\n";
+    let handshakes = [
+        head(
+            "/tunnel?local-proxy-mode=source",
+            &format!("access-token {tok}\r\n{proto}"),
+        ),
+        head(
+            &format!("/tun{tok}?local-proxy-mode=source"),
+            &format!("access-token: {tok}\r\n{proto}"),
+        ),
+        head(
+            &format!("/tunnel?local-proxy-mode={tok}"),
+            &format!("access-token: {tok}\r\n{proto}"),
+        ),
+        head(
+            "/tunnel?local-proxy-mode=source",
+            &format!("access-token: {tok}\r\nSec-WebSocket-Protocol: {tok}\r\n"),
+        ),
+        format!("GET /tunnel?{tok} HTTP/1.1 x\r\n\r\n"),
+    ];
+    let mut responses = Vec::new();
+    for h in &handshakes {
+        let resp = raw_handshake(&svc, h);
+        assert!(resp.starts_with("HTTP/1.1 4"), "{resp}");
+        responses.push(resp);
+    }
+    // What goes back may quote the request (the client sent it).
+    assert!(responses[1].contains("no such path"), "{}", responses[1]);
+    let api = &svc.api_addr;
+    let calls = [
+        (
+            "IoTSecuredTunneling.DescribeTunnel",
+            json!({ "tunnelId": tok }),
+        ),
+        (
+            "IoTSecuredTunneling.RotateTunnelAccessToken",
+            json!({ "tunnelId": t.id, "clientMode": tok }),
+        ),
+        (
+            "IoTSecuredTunneling.ListTunnels",
+            json!({ "nextToken": tok }),
+        ),
+        (tok.as_str(), json!({})),
+    ];
+    for (target, body) in &calls {
+        let (status, _, v) = raw_call(api, target, &body.to_string());
+        assert_eq!(status, 400, "{target}: {v}");
+    }
+    // A tunnel id that fits the pattern but names no tunnel.
+    let alnum: String = tok
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(100)
+        .collect();
+    let (status, _, _) = raw_call(
+        api,
+        "IoTSecuredTunneling.DescribeTunnel",
+        &json!({ "tunnelId": alnum }).to_string(),
+    );
+    assert_eq!(status, 400);
+    let log = &svc.proc.stderr;
+    log.wait_for_nth(
+        "refused: 4",
+        handshakes.len(),
+        std::time::Duration::from_secs(10),
+    );
+    log.wait_for_nth(
+        "Exception: ",
+        calls.len() + 1,
+        std::time::Duration::from_secs(10),
+    );
+    let all = log.all();
+    for secret in [&tok, &alnum, &t.destination_token] {
+        for l in all.lines() {
+            assert!(
+                !l.contains(secret.as_str()) && !l.contains(&secret[..16]),
+                "token in the log: {l}"
+            );
+        }
+    }
+    // The log names what was wrong.
+    for needle in [
+        "is not a header",
+        "no such path",
+        "invalid local-proxy-mode",
+        "no supported subprotocol",
+        "bad request line",
+        "at 'clientMode'",
+        "names no tunnel",
+        "nextToken",
+        "unknown X-Amz-Target",
+    ] {
+        assert!(all.contains(needle), "{needle:?} not in the log:\n{all}");
     }
 }

@@ -252,3 +252,67 @@ fn a_client_flooding_stream_starts_with_no_destination_costs_the_service_nothing
     );
     svc.ok("IoTSecuredTunneling.ListTunnels", json!({}));
 }
+
+/// The service's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn a_client_that_pings_and_never_reads_costs_the_service_bounded_memory() {
+    let _w = watchdog("ping flood", Duration::from_secs(120));
+    let svc = Svc::start(&[]);
+    let (_, src, _) = svc.open(&["SSH1"], 10);
+    let mut s = join(&svc, "source", &src, None);
+    recv(&mut s, &mut FrameDecoder::default(), 1);
+    let before = rss_kib(svc.pid());
+    // Masked client pings of 125 bytes, written as raw bytes (1 MiB at a
+    // time); the client reads nothing, so the service's pongs cannot go
+    // out. Before, each one was kept: the service grew by about the pings
+    // sent. Now it stops reading this client, so the writes block.
+    let mut ping = vec![0x89, 0x80 | 125, 0, 0, 0, 0];
+    ping.extend([b'p'; 125]);
+    let batch: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 8000)
+        .collect();
+    s.get_ref()
+        .get_ref()
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut sent = 0usize;
+    while sent < 64 << 20 {
+        match s.get_mut().write_all(&batch) {
+            Ok(()) => sent += batch.len(),
+            // Blocked for 2 s: the service no longer reads this client.
+            Err(e) => {
+                eprintln!("blocked after {sent} bytes: {e}");
+                break;
+            }
+        }
+    }
+    let after = rss_kib(svc.pid());
+    assert!(
+        after < before + 24 * 1024,
+        "service RSS grew from {before} to {after} KiB after {} MiB of pings",
+        sent >> 20
+    );
+    // The client is still served once it reads: its pongs come.
+    s.get_ref()
+        .get_ref()
+        .set_read_timeout(Some(WATCHDOG))
+        .expect("timeout");
+    match s.read().expect("the connection is still open") {
+        WsMessage::Pong(p) => assert_eq!(&p[..], &[b'p'; 125][..]),
+        m => panic!("unexpected {m:?}"),
+    }
+    svc.ok("IoTSecuredTunneling.ListTunnels", json!({}));
+}

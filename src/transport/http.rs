@@ -108,7 +108,12 @@ pub(crate) fn parse_head(raw: &[u8]) -> Result<ResponseHead, String> {
         .filter(|s| (100..=999).contains(s))
         .ok_or_else(|| format!("bad status code in {:?}", clip(status_line)))?;
     let status_text = parts.next().unwrap_or_default().trim().to_string();
-    let headers = parse_header_lines(lines)?;
+    // A response's bad line is quoted: it comes from the service or a web
+    // proxy, not from our request.
+    let headers = parse_header_lines(lines).map_err(|e| {
+        let line = text.split("\r\n").nth(e.line - 1).unwrap_or_default();
+        format!("bad header line {:?}", clip(line))
+    })?;
     Ok(ResponseHead {
         status,
         status_text,
@@ -125,20 +130,44 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|p| p + from)
 }
 
+/// A header line without `:`. It names the line by its number, not by its
+/// text: a request's header line may hold a token (`access-token abc`),
+/// and the error may be logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadHeaderLine {
+    /// The line's number in the head, 1 being the request or status line.
+    pub line: usize,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl std::fmt::Display for BadHeaderLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "line {} of the head ({} bytes) is not a header: no ':'",
+            self.line, self.len
+        )
+    }
+}
+
+impl std::error::Error for BadHeaderLine {}
+
 /// The header lines of an HTTP/1.x head (after its first line, split at
 /// CRLF; empty lines skipped) as `(name, value)` pairs, both trimmed, in
-/// order. A line without `:` is an error naming it.
+/// order. A line without `:` is an error naming its number.
 pub fn parse_header_lines<'a>(
     lines: impl Iterator<Item = &'a str>,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, BadHeaderLine> {
     let mut headers = Vec::new();
-    for line in lines {
+    for (i, line) in lines.enumerate() {
         if line.is_empty() {
             continue;
         }
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| format!("bad header line {:?}", clip(line)))?;
+        let (name, value) = line.split_once(':').ok_or(BadHeaderLine {
+            line: i + 2,
+            len: line.len(),
+        })?;
         headers.push((name.trim().to_string(), value.trim().to_string()));
     }
     Ok(headers)
@@ -186,6 +215,14 @@ mod tests {
             vec![("A".into(), "1".into()), ("b".into(), "2".into())]
         );
         assert!(parse_header_lines(["x"].into_iter()).is_err());
+        // The error names the line, never its text (it may hold a token).
+        let e =
+            parse_header_lines(["A: 1", "access-token secret"].into_iter()).expect_err("no colon");
+        assert_eq!(e, BadHeaderLine { line: 3, len: 19 });
+        assert!(!e.to_string().contains("secret"), "{e}");
+        // A response's bad line is still quoted.
+        let r = parse_head(b"HTTP/1.1 200 OK\r\nA: 1\r\nnocolon\r\n\r\n").expect_err("bad");
+        assert_eq!(r, "bad header line \"nocolon\"");
     }
 
     #[test]

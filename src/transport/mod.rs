@@ -26,7 +26,7 @@ use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::WebSocket;
 
 pub use error::{ConnectError, ProxyConfigError, ProxyFailure, TransportError};
-pub use http::{find_head_end, host_port, parse_header_lines};
+pub use http::{find_head_end, host_port, parse_header_lines, BadHeaderLine};
 pub use proxy::{no_proxy_matches, percent_decode, ProxyScheme, WebProxy, PROXY_ENV_VARS};
 pub use split::{Incoming, ShutdownHandle, WsReader, WsWriter};
 

@@ -134,13 +134,14 @@ pub fn serve(mut tcp: TcpStream, mut ticket: Ticket, registry: Arc<Registry>) {
                 "{} {} is not an operation: POST / with X-Amz-Target",
                 req.method,
                 req.path()
-            )))
+            ))
+            .logged_as("the request's method and path are not POST /"))
         } else {
             dispatch(&registry, &target, &body)
         };
         let written = match result {
             Ok(v) => {
-                log::debug!("API {target}: ok");
+                log::debug!("API {}: ok", target_for_log(&target));
                 let body = v.to_string();
                 write_response(
                     &mut tcp,
@@ -154,13 +155,46 @@ pub fn serve(mut tcp: TcpStream, mut ticket: Ticket, registry: Arc<Registry>) {
                 )
             }
             Err(e) => {
-                log::info!("API {target}: {}: {}", e.kind, e.message);
+                // Neither the target nor the message may repeat request
+                // input in the log: a token pasted in the wrong place.
+                log::info!(
+                    "API {}: {}: {}",
+                    target_for_log(&target),
+                    e.kind,
+                    e.for_log()
+                );
                 respond_error(&mut tcp, e.status, e.kind, &e.message, close)
             }
         };
         if written.is_err() || close {
             return;
         }
+    }
+}
+
+/// The operations, as `X-Amz-Target` names them.
+const OPERATIONS: &[&str] = &[
+    "IoTSecuredTunneling.OpenTunnel",
+    "IoTSecuredTunneling.CloseTunnel",
+    "IoTSecuredTunneling.DescribeTunnel",
+    "IoTSecuredTunneling.ListTunnels",
+    "IoTSecuredTunneling.RotateTunnelAccessToken",
+    "IoTSecuredTunneling.TagResource",
+    "IoTSecuredTunneling.UntagResource",
+    "IoTSecuredTunneling.ListTagsForResource",
+    "LocalTest.Inject",
+    "LocalTest.Drop",
+    "LocalTest.Silence",
+    "LocalTest.StopReading",
+];
+
+/// `target` for the log when it names an operation; otherwise only its
+/// length (the header's value is the caller's, and may be anything).
+fn target_for_log(target: &str) -> String {
+    if OPERATIONS.contains(&target) {
+        target.to_string()
+    } else {
+        format!("(unknown X-Amz-Target of {} bytes)", target.len())
     }
 }
 
@@ -242,7 +276,8 @@ pub fn dispatch(registry: &Registry, target: &str, body: &[u8]) -> Result<Value,
         Some((false, op)) => local_test::dispatch(registry, op, &input),
         _ => Err(ApiError::unknown_operation(format!(
             "unknown operation {target:?}: IoTSecuredTunneling.<Operation> (or LocalTest.<Operation>)"
-        ))),
+        ))
+        .logged_as("X-Amz-Target names no operation")),
     }
 }
 
@@ -283,19 +318,25 @@ fn unique_tags(v: &Value) -> Vec<Value> {
 fn destination_config(v: &Value) -> Result<(Option<String>, Vec<String>), ApiError> {
     let services = strings(&v["services"]);
     if services.len() > MAX_SERVICES {
+        let constraint = format!("have length less than or equal to {MAX_SERVICES}");
+        let path = "destinationConfig.services";
         return Err(ApiError::validation(format!(
             "1 validation error detected: {}",
-            model::violation(
-                &v["services"],
-                "destinationConfig.services",
-                &format!("have length less than or equal to {MAX_SERVICES}")
-            )
+            model::violation(&v["services"], path, &constraint)
+        ))
+        .logged_as(format!(
+            "1 validation error detected: {}",
+            model::violation_logged(path, &constraint)
         )));
     }
     for (i, s) in services.iter().enumerate() {
         if services[..i].contains(s) {
             return Err(ApiError::validation(format!(
                 "destinationConfig.services names service {s:?} twice"
+            ))
+            .logged_as(format!(
+                "destinationConfig.services names service {} twice",
+                i + 1
             )));
         }
     }
@@ -330,6 +371,7 @@ fn list_tunnels(registry: &Registry, i: &Value) -> Result<Value, ApiError> {
         None => None,
         Some(t) => Some(parse_next_token(t).ok_or_else(|| {
             ApiError::validation(format!("nextToken {t:?} was not returned by ListTunnels"))
+                .logged_as("the nextToken given was not returned by ListTunnels")
         })?),
     };
     let max = usize::try_from(max).unwrap_or(100);

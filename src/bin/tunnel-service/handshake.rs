@@ -67,17 +67,31 @@ pub struct Checked {
 /// Checks 2 to 10 of the table, which need no tunnel state.
 pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
     if h.path() != TUNNEL_PATH {
-        return Err(Refusal::new(
+        return Err(Refusal::echoing(
             404,
             format!("no such path {:?}: use {TUNNEL_PATH}", h.path()),
+            format!(
+                "no such path (the request's path, {} bytes, is not {TUNNEL_PATH})",
+                h.path().len()
+            ),
         ));
     }
     if h.method != "GET" {
-        return Err(Refusal::new(400, format!("method {} is not GET", h.method)));
+        return Err(Refusal::echoing(
+            400,
+            format!("method {} is not GET", h.method),
+            "the request's method is not GET",
+        ));
     }
     let modes: Vec<String> = h
         .query()
-        .map_err(|e| Refusal::new(400, e))?
+        .map_err(|e| {
+            Refusal::echoing(
+                400,
+                e,
+                "a query parameter has a `%` not followed by two hex digits, or is not UTF-8",
+            )
+        })?
         .into_iter()
         .filter(|(k, _)| k == MODE_QUERY_PARAM)
         .map(|(_, v)| v)
@@ -90,9 +104,10 @@ pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
             ))
         }
         [m] => Side::parse(m).ok_or_else(|| {
-            Refusal::new(
+            Refusal::echoing(
                 400,
                 format!("invalid {MODE_QUERY_PARAM} {m:?}: expected source or destination"),
+                format!("invalid {MODE_QUERY_PARAM}: expected source or destination"),
             )
         })?,
         _ => {
@@ -161,11 +176,16 @@ pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
         .copied()
         .find(|p| offered.contains(p))
         .ok_or_else(|| {
-            Refusal::new(
+            Refusal::echoing(
                 400,
                 format!(
                     "no supported subprotocol offered (got {:?}, supported {})",
                     offered.join(","),
+                    SUBPROTOCOLS.join(",")
+                ),
+                format!(
+                    "no supported subprotocol offered ({} offered, supported {})",
+                    offered.len(),
                     SUBPROTOCOLS.join(",")
                 ),
             )
@@ -180,7 +200,12 @@ pub fn check_request(h: &RequestHead) -> Result<Checked, Refusal> {
 }
 
 fn refuse(stream: &mut Stream, peer: &str, r: &Refusal) {
-    log::info!("handshake from {peer} refused: {} {}", r.status, r.reason);
+    // The reason sent back may quote the request; the log never does.
+    log::info!(
+        "handshake from {peer} refused: {} {}",
+        r.status,
+        r.for_log()
+    );
     let _ = write_response(
         stream,
         r.status,

@@ -59,12 +59,12 @@ impl RequestHead {
         let mut parts = line.split(' ');
         let (method, target, version) = match (parts.next(), parts.next(), parts.next()) {
             (Some(m), Some(t), Some(v)) if parts.next().is_none() => (m, t, v),
-            _ => return Err(HeadError::Malformed(format!("bad request line {line:?}"))),
+            _ => return Err(bad_request_line(line)),
         };
         if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-            return Err(HeadError::Malformed(format!("bad request line {line:?}")));
+            return Err(bad_request_line(line));
         }
-        let headers = parse_header_lines(lines).map_err(HeadError::Malformed)?;
+        let headers = parse_header_lines(lines).map_err(|e| HeadError::Malformed(e.to_string()))?;
         if let Some((name, _)) = headers.iter().find(|(n, _)| n.is_empty()) {
             return Err(HeadError::Malformed(format!("bad header name {name:?}")));
         }
@@ -119,6 +119,15 @@ impl RequestHead {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
+}
+
+/// A request line that is not `METHOD /target HTTP/1.x`. Its text is not
+/// quoted: the target may hold a token, and the error is logged.
+fn bad_request_line(line: &str) -> HeadError {
+    HeadError::Malformed(format!(
+        "bad request line ({} bytes): expected METHOD /target HTTP/1.x",
+        line.len()
+    ))
 }
 
 /// Reads from `r` until the end of a request head. `carry` holds bytes read

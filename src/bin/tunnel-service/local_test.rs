@@ -126,7 +126,8 @@ pub fn dispatch(registry: &Registry, op: &str, input: &Value) -> Result<Value, A
         _ => {
             return Err(ApiError::unknown_operation(format!(
                 "unknown operation \"LocalTest.{op}\": Inject, Drop, Silence or StopReading"
-            )))
+            ))
+            .logged_as("unknown LocalTest operation: Inject, Drop, Silence or StopReading"))
         }
     }
     Ok(json!({}))
@@ -149,8 +150,10 @@ fn from_hex(h: &str) -> Result<Vec<u8>, ApiError> {
     h.chunks(2)
         .map(|p| {
             let s = String::from_utf8_lossy(p);
-            u8::from_str_radix(&s, 16)
-                .map_err(|_| ApiError::validation(format!("hexBytes: {s:?} is not hex")))
+            u8::from_str_radix(&s, 16).map_err(|_| {
+                ApiError::validation(format!("hexBytes: {s:?} is not hex"))
+                    .logged_as("hexBytes holds a pair that is not hex")
+            })
         })
         .collect()
 }

@@ -20,7 +20,13 @@ use serde_json::Value;
 pub struct ApiError {
     pub status: u16,
     pub kind: &'static str,
+    /// The message for the caller, in the service's words: it may repeat
+    /// the rejected value (the caller sent it).
     pub message: String,
+    /// The message for the log when `message` repeats a value from the
+    /// request, which may be a token pasted in the wrong member: it names
+    /// the member instead.
+    logged: Option<String>,
 }
 
 impl ApiError {
@@ -29,15 +35,26 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            logged: None,
         }
     }
-    /// No tunnel with this id (or ARN).
+    /// Logs `logged` instead of the message (which repeats request input).
+    pub fn logged_as(mut self, logged: impl Into<String>) -> Self {
+        self.logged = Some(logged.into());
+        self
+    }
+    /// What the log may say: no value taken from the request.
+    pub fn for_log(&self) -> &str {
+        self.logged.as_deref().unwrap_or(&self.message)
+    }
+    /// No tunnel with this id (or ARN); the log does not repeat it.
     pub fn not_found(what: impl std::fmt::Display) -> Self {
         Self::new(
             400,
             "ResourceNotFoundException",
             format!("{what} not found"),
         )
+        .logged_as("the tunnelId or resourceArn given names no tunnel")
     }
     /// A constraint of the model is broken (see [`check`]).
     pub fn validation(message: impl Into<String>) -> Self {
@@ -262,11 +279,17 @@ pub fn check(input: &Value, shape: &Shape) -> Result<(), ApiError> {
         return Ok(());
     }
     let n = errors.len();
-    Err(ApiError::validation(format!(
-        "{n} validation error{} detected: {}",
-        if n == 1 { "" } else { "s" },
-        errors.join("; ")
-    )))
+    let summary = |texts: Vec<&str>| {
+        format!(
+            "{n} validation error{} detected: {}",
+            if n == 1 { "" } else { "s" },
+            texts.join("; ")
+        )
+    };
+    Err(
+        ApiError::validation(summary(errors.iter().map(|(m, _)| m.as_str()).collect()))
+            .logged_as(summary(errors.iter().map(|(_, l)| l.as_str()).collect())),
+    )
 }
 
 /// A constraint violation in the service's words.
@@ -274,6 +297,19 @@ pub fn violation(value: &Value, path: &str, constraint: &str) -> String {
     format!(
         "Value {} at '{path}' failed to satisfy constraint: Member must {constraint}",
         shown(value)
+    )
+}
+
+/// The violation for the log: the member's path, not its value.
+pub fn violation_logged(path: &str, constraint: &str) -> String {
+    format!("Value at '{path}' failed to satisfy constraint: Member must {constraint}")
+}
+
+/// A violation for the caller and for the log.
+fn both(value: &Value, path: &str, constraint: &str) -> (String, String) {
+    (
+        violation(value, path, constraint),
+        violation_logged(path, constraint),
     )
 }
 
@@ -320,20 +356,25 @@ fn type_error(path: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::serialization(format!("{at} must be {expected}, not {kind}"))
 }
 
-fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Result<(), ApiError> {
+fn walk(
+    v: &Value,
+    shape: &Shape,
+    path: &str,
+    errors: &mut Vec<(String, String)>,
+) -> Result<(), ApiError> {
     match shape {
         Shape::Str { min, max, pattern } => {
             let s = v.as_str().ok_or_else(|| type_error(path, "a string", v))?;
             let n = s.chars().count();
             if n < *min {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("have length greater than or equal to {min}"),
                 ));
             }
             if let Some(max) = max.filter(|m| n > *m) {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("have length less than or equal to {max}"),
@@ -341,7 +382,7 @@ fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Resul
             }
             if let Some(p) = pattern {
                 if !(p.matches)(s) {
-                    errors.push(violation(
+                    errors.push(both(
                         v,
                         path,
                         &format!("satisfy regular expression pattern: {}", p.text),
@@ -352,7 +393,7 @@ fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Resul
         Shape::Enum(values) => {
             let s = v.as_str().ok_or_else(|| type_error(path, "a string", v))?;
             if !values.contains(&s) {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("satisfy enum value set: [{}]", values.join(", ")),
@@ -364,14 +405,14 @@ fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Resul
                 .as_i64()
                 .ok_or_else(|| type_error(path, "an integer", v))?;
             if n < *min {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("have value greater than or equal to {min}"),
                 ));
             }
             if n > *max {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("have value less than or equal to {max}"),
@@ -385,14 +426,14 @@ fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Resul
         Shape::List { member, min, max } => {
             let items = v.as_array().ok_or_else(|| type_error(path, "a list", v))?;
             if items.len() < *min {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("have length greater than or equal to {min}"),
                 ));
             }
             if let Some(max) = max.filter(|m| items.len() > *m) {
-                errors.push(violation(
+                errors.push(both(
                     v,
                     path,
                     &format!("have length less than or equal to {max}"),
@@ -401,7 +442,7 @@ fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Resul
             for (i, item) in items.iter().enumerate() {
                 let at = format!("{}.member", join(path, &(i + 1).to_string()));
                 if item.is_null() {
-                    errors.push(violation(item, &at, "not be null"));
+                    errors.push(both(item, &at, "not be null"));
                 } else {
                     walk(item, member, &at, errors)?;
                 }
@@ -416,7 +457,7 @@ fn walk(v: &Value, shape: &Shape, path: &str, errors: &mut Vec<String>) -> Resul
                 match o.get(*name) {
                     None | Some(Value::Null) => {
                         if required.contains(name) {
-                            errors.push(violation(&Value::Null, &at, "not be null"));
+                            errors.push(both(&Value::Null, &at, "not be null"));
                         }
                     }
                     Some(value) => walk(value, member, &at, errors)?,

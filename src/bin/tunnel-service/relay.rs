@@ -11,8 +11,10 @@
 //! coalesced into binary messages of up to 131076 bytes (or re-chunked by the
 //! fault injector). A client whose peer, or who itself, has more than
 //! [`PAUSE_ABOVE`] bytes queued is not read from until the queue drains
-//! (backpressure): a client's outbound queue is bounded by about
-//! `PAUSE_ABOVE` plus one read burst, whether it reads or not.
+//! (backpressure), and neither is one owing more than [`PONGS_PAUSE_ABOVE`]
+//! bytes of pongs that its socket did not take: a client's outbound queue
+//! is bounded by about `PAUSE_ABOVE` plus one read burst, and tungstenite's
+//! write buffer by [`MAX_WRITE_BUFFER`], whether it reads or not.
 //!
 //! Close codes: 1000 tunnel closed or expired; 1008 protocol rule broken,
 //! connection replaced by a newer one with the same token
@@ -42,7 +44,7 @@ use localproxy::protocol::{
 use crate::faults::{Throttle, XorShift};
 use crate::gate::Ticket;
 use crate::side::Side;
-use crate::stream::Stream;
+use crate::stream::{Stream, MAX_WRITE_BUFFER};
 use crate::tunnels::{
     Admission, ConnHandle, Out, Registry, Route, StreamEvent, TunnelClosed, Waker,
     CLOSE_REASON_TUNNEL_CLOSED,
@@ -50,6 +52,10 @@ use crate::tunnels::{
 
 /// Stop reading a client while its peer has this many bytes queued.
 pub const PAUSE_ABOVE: usize = 8 << 20;
+/// Stop reading a client that owes this many bytes of pongs (its pings read
+/// since its socket last took everything): a client that pings and does
+/// not read is not read either.
+pub const PONGS_PAUSE_ABOVE: usize = 64 * 1024;
 /// Messages read in one go before the loop turns to writing.
 const READ_BURST: usize = 64;
 /// Queued bytes of at least this size are sent as they are, without being
@@ -94,11 +100,18 @@ pub fn validate(
     services: &[String],
     known: &[String],
 ) -> Result<Option<StreamEvent>, Violation> {
+    // A message to skip is held to the same field rules (its payload size
+    // was checked by the codec); only its unknown type is let through.
+    check_fields(&raw[FRAME_LENGTH_PREFIX..])?;
     let m = match decoded {
         Decoded::Message(m) => m,
+        Decoded::Ignored { raw_type: 0 } => {
+            return Err(Violation::policy(
+                "message of type 0 (UNKNOWN): the type must be non-zero, ignorable or not",
+            ))
+        }
         Decoded::Ignored { .. } => return Ok(None),
     };
-    check_fields(&raw[FRAME_LENGTH_PREFIX..])?;
     let t = m.type_pb;
     match t {
         MessageType::SERVICE_IDS | MessageType::SESSION_RESET => {
@@ -256,6 +269,8 @@ struct Relay {
     decoder: FrameDecoder,
     outq: VecDeque<Item>,
     write_blocked: bool,
+    /// Bytes of pongs owed: pings read since the last complete flush.
+    pongs_owed: usize,
     rng: Option<XorShift>,
     rechunk_max: usize,
     throttle: Option<Throttle>,
@@ -267,6 +282,16 @@ struct Relay {
     mode: Mode,
     /// Service ids this client named that the tunnel found started.
     known: Vec<String>,
+}
+
+/// A write error for the log; a full write buffer names its limit.
+fn write_error(e: WsError) -> End {
+    match e {
+        WsError::WriteBufferFull(_) => End::Error(format!(
+            "write buffer full: a message would exceed its limit of {MAX_WRITE_BUFFER} bytes"
+        )),
+        e => End::Error(e.to_string()),
+    }
 }
 
 fn is_would_block(e: &WsError) -> bool {
@@ -352,6 +377,7 @@ pub fn run(
         decoder: FrameDecoder::new(MAX_PAYLOAD_SIZE),
         outq: VecDeque::new(),
         write_blocked: false,
+        pongs_owed: 0,
         drop_after,
         bytes_in: 0,
         bytes_out: 0,
@@ -546,10 +572,25 @@ impl Relay {
             .is_some_and(|p| p.queued.load(Ordering::Acquire) > PAUSE_ABOVE)
     }
 
-    /// Whether this client has more than PAUSE_ABOVE bytes waiting for it:
-    /// a client that does not read is not read.
+    /// Whether this client has more than PAUSE_ABOVE bytes waiting for it,
+    /// or owes more than PONGS_PAUSE_ABOVE bytes of pongs: a client that
+    /// does not read is not read.
     fn own_backlogged(&self) -> bool {
         self.conn.queued.load(Ordering::Acquire) > PAUSE_ABOVE
+            || self.pongs_owed > PONGS_PAUSE_ABOVE
+    }
+
+    /// Flushes tungstenite's buffer (queued pongs included) to the socket;
+    /// `Ok(false)` when the socket would block.
+    fn flush(&mut self) -> Result<bool, End> {
+        match self.ws.flush() {
+            Ok(()) => {
+                self.pongs_owed = 0;
+                Ok(true)
+            }
+            Err(e) if is_would_block(&e) => Ok(false),
+            Err(e) => Err(write_error(e)),
+        }
     }
 
     /// Reads up to READ_BURST messages; `Ok(true)` when more may be waiting.
@@ -576,8 +617,14 @@ impl Relay {
                         ),
                     }))
                 }
-                Ok(WsMessage::Ping(_)) => {
-                    log::debug!("tunnel {}: ping from the {}", self.tunnel_id, self.side)
+                Ok(WsMessage::Ping(p)) => {
+                    // Its pong (payload and a 2-byte header) is owed until
+                    // a flush gets it out.
+                    self.pongs_owed += p.len() + 2;
+                    log::debug!("tunnel {}: ping from the {}", self.tunnel_id, self.side);
+                    if self.own_backlogged() {
+                        return Ok(false);
+                    }
                 }
                 Ok(WsMessage::Pong(_)) | Ok(WsMessage::Frame(_)) => {}
                 Ok(WsMessage::Close(frame)) => {
@@ -680,12 +727,13 @@ impl Relay {
 
     /// Writes queued items; returns how long the throttle wants to wait.
     fn write_out(&mut self) -> Result<Option<Duration>, End> {
+        // What is buffered goes first (pongs queued by reads too), so a
+        // message is written only into an empty buffer: it always fits
+        // MAX_WRITE_BUFFER, and what waits for a client that does not
+        // read is bounded.
+        self.write_blocked = !self.flush()?;
         if self.write_blocked {
-            match self.ws.flush() {
-                Ok(()) => self.write_blocked = false,
-                Err(e) if is_would_block(&e) => return Ok(None),
-                Err(e) => return Err(End::Error(e.to_string())),
-            }
+            return Ok(None);
         }
         while !self.write_blocked {
             if let Some(t) = &self.throttle {
@@ -709,29 +757,17 @@ impl Relay {
             match self.ws.write(msg) {
                 Ok(()) => {}
                 Err(e) if is_would_block(&e) => self.write_blocked = true,
-                Err(e) => return Err(End::Error(e.to_string())),
+                Err(e) => return Err(write_error(e)),
             }
             self.bytes_out += n as u64;
             if let Some(t) = &mut self.throttle {
                 t.record(n);
             }
             if !self.write_blocked {
-                match self.ws.flush() {
-                    Ok(()) => {}
-                    Err(e) if is_would_block(&e) => self.write_blocked = true,
-                    Err(e) => return Err(End::Error(e.to_string())),
-                }
+                self.write_blocked = !self.flush()?;
             }
             if self.drop_after.is_some() {
                 self.check_drop()?;
-            }
-        }
-        if !self.write_blocked {
-            // Pongs queued by reads.
-            match self.ws.flush() {
-                Ok(()) => {}
-                Err(e) if is_would_block(&e) => self.write_blocked = true,
-                Err(e) => return Err(End::Error(e.to_string())),
             }
         }
         Ok(None)
@@ -890,6 +926,28 @@ mod tests {
             .expect_err("extra")
             .reason
             .contains("unknown field 9"));
+        // Ignorable messages: type 0, unknown fields and wrong wire types
+        // are refused; a valid unknown type passes.
+        let type0 = [0, 6, 0x08, 0, 0x10, 1, 0x18, 1];
+        assert!(check(&type0, Side::Source, &svcs)
+            .expect_err("type 0")
+            .reason
+            .contains("type 0"));
+        let no_type = [0, 4, 0x10, 1, 0x18, 1];
+        assert!(check(&no_type, Side::Source, &svcs).is_err());
+        let extra_ign = [0, 8, 0x08, 42, 0x10, 1, 0x18, 1, 0x48, 1];
+        assert!(check(&extra_ign, Side::Source, &svcs)
+            .expect_err("extra")
+            .reason
+            .contains("unknown field 9"));
+        // Field 2 (stream id) as length-delimited.
+        let wire_ign = [0, 7, 0x08, 42, 0x18, 1, 0x12, 1, 0x61];
+        assert!(check(&wire_ign, Side::Source, &svcs)
+            .expect_err("wire type")
+            .reason
+            .contains("field 2 has wire type 2"));
+        let ok_ign = [0, 6, 0x08, 42, 0x10, 1, 0x18, 1];
+        assert_eq!(check(&ok_ign, Side::Source, &svcs), Ok(None));
         let v1 = frame(&message(MessageType::DATA, 1, "", 0, b"x"));
         assert_eq!(check(&v1, Side::Destination, &svcs), Ok(None));
     }

@@ -177,6 +177,13 @@ fn write_records(s: &mut SslStream<Buffered>, buf: &[u8]) -> io::Result<usize> {
     Ok(done)
 }
 
+/// Most bytes tungstenite's write buffer holds: one largest message the
+/// relay sends (it writes only once the buffer is flushed) and pongs. A pong
+/// that does not fit waits in tungstenite, replaced by the next one, so a
+/// client that pings and never reads holds at most this much (before, its
+/// pongs piled up without limit: 305 MiB after 300 MiB of pings).
+pub const MAX_WRITE_BUFFER: usize = 2 * MAX_WEBSOCKET_FRAME;
+
 /// WebSocket limits of the service: frames up to 131076 bytes.
 pub fn ws_config() -> WebSocketConfig {
     // Reads of one TLS record at most: tungstenite zeroes the free part of
@@ -185,5 +192,6 @@ pub fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(MAX_WEBSOCKET_FRAME))
         .max_message_size(Some(4 * MAX_WEBSOCKET_FRAME))
         .write_buffer_size(MAX_WEBSOCKET_FRAME)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .read_buffer_size(16 * 1024)
 }

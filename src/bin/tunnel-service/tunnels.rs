@@ -137,6 +137,9 @@ impl ConnHandle {
 pub struct Refusal {
     pub status: u16,
     pub reason: String,
+    /// The reason for the log, when `reason` repeats request input (a path
+    /// or header value, which may hold a token): it names the part instead.
+    logged: Option<String>,
 }
 
 impl Refusal {
@@ -144,7 +147,21 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            logged: None,
         }
+    }
+
+    /// A refusal whose `reason` quotes the request: the log says `logged`.
+    pub fn echoing(status: u16, reason: impl Into<String>, logged: impl Into<String>) -> Self {
+        Refusal {
+            logged: Some(logged.into()),
+            ..Refusal::new(status, reason)
+        }
+    }
+
+    /// What the log may say: no value taken from the request.
+    pub fn for_log(&self) -> &str {
+        self.logged.as_deref().unwrap_or(&self.reason)
     }
 }
 
@@ -569,8 +586,24 @@ impl Registry {
                 n += 1;
             }
         }
+        // A state file that cannot be written now would lose every tunnel
+        // at the next restart, save after save: refuse to start instead.
+        state::save(path, &snapshot(&g)).map_err(|e| {
+            let dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "state file {} cannot be written ({e}): create the directory {} \
+                     (writable by this user) or choose another --state-file",
+                    path.display(),
+                    dir.display()
+                ),
+            )
+        })?;
         let _ = self.state_file.set(path.to_path_buf());
-        self.persist(&g);
         drop(g);
         self.expiry.notify_all();
         Ok(n)
@@ -582,14 +615,7 @@ impl Registry {
         let Some(path) = self.state_file.get() else {
             return;
         };
-        let tunnels: Vec<Value> = g
-            .order
-            .iter()
-            .filter_map(|id| g.tunnels.get(id))
-            .map(Tunnel::to_state)
-            .collect();
-        let v = json!({ "version": state::FORMAT_VERSION, "tunnels": tunnels });
-        if let Err(e) = state::save(path, &v) {
+        if let Err(e) = state::save(path, &snapshot(g)) {
             log::error!("cannot save the state file {}: {e}", path.display());
         }
     }
@@ -798,6 +824,9 @@ impl Registry {
         if !t.open {
             return Err(ApiError::not_found(format!(
                 "open tunnel {id} (it is CLOSED: its tokens cannot be rotated)"
+            ))
+            .logged_as(format!(
+                "tunnel {id} is CLOSED: its tokens cannot be rotated"
             )));
         }
         let mut r = Rotated {
@@ -1129,6 +1158,17 @@ impl Registry {
 }
 
 /// A random UUID-shaped tunnel id.
+/// The state file's contents for the tunnels in `g`, in opening order.
+fn snapshot(g: &Inner) -> Value {
+    let tunnels: Vec<Value> = g
+        .order
+        .iter()
+        .filter_map(|id| g.tunnels.get(id))
+        .map(Tunnel::to_state)
+        .collect();
+    json!({ "version": state::FORMAT_VERSION, "tunnels": tunnels })
+}
+
 fn uuid_like() -> Result<String, ApiError> {
     let h = localproxy::secret::random_hex(16).map_err(no_randomness)?;
     Ok(format!(
