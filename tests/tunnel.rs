@@ -149,6 +149,27 @@ fn a_v1_source_on_a_tunnel_of_two_services_stops_with_a_clear_error() {
     );
 }
 
+/// A mapping directory is looked up for the tunnel's services only: a V1
+/// source whose directory maps several services runs on a tunnel of one.
+#[test]
+fn a_v1_source_takes_its_one_service_from_a_mapping_directory_of_several() {
+    let _w = watchdog("v1_config_dir", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let dir = temp_dir("v1-config-dir");
+    std::fs::write(dir.join("ports.ini"), "SSH1 = 0\nHTTP = 0\n").expect("write");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let (_dest, source) = pair(
+        &service,
+        &tunnel,
+        &format!("SSH1={}", echo_server()),
+        &["-y", "V1", "--config-dir", dir_arg],
+    );
+    let port = listening_port(&source, "SSH1");
+    let got = echo_through(connect(port), Arc::new(b"one service".to_vec()));
+    assert_eq!(got, b"one service");
+}
+
 #[test]
 fn destination_service_down_closes_the_client_socket() {
     let _w = watchdog("destination_down", Duration::from_secs(60));

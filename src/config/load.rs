@@ -505,7 +505,11 @@ fn build(
     if let Some((id, first, second)) = mapping::find_duplicate(&located) {
         return Err(ConfigError::DuplicateService { id, first, second });
     }
-    if let (PeerVersion::V1, Some((_, g)), [_, _, ..]) = (peer_version, &explicit_y, &located[..]) {
+    // With -s only: a mapping directory is looked up for the tunnel's
+    // services only (checked when they are known).
+    if let (PeerVersion::V1, Some((_, g)), true, [_, _, ..]) =
+        (peer_version, &explicit_y, implied.is_some(), &located[..])
+    {
         return Err(ConfigError::V1WithServices {
             origin: g.origin.clone(),
             services: located

@@ -211,6 +211,12 @@ impl fmt::Display for Note {
                 f,
                 "Dropping {kind:?} for stream {stream} connection {conn}: not open"
             ),
+            Note::UnknownService { kind, service } if service.is_empty() => write!(
+                f,
+                "{kind:?} without a service id (V1 messages: a -y V1 source or one \
+                 unnamed mapping), which this side does not map: refused; the two sides \
+                 must both name their services or both map one unnamed port"
+            ),
             Note::UnknownService { kind, service } => write!(
                 f,
                 "{kind:?} for service id '{}', which this side does not map: refused",
