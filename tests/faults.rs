@@ -1289,7 +1289,7 @@ fn an_unreachable_service_does_not_stall_the_others() {
     );
     pair.dest
         .stderr
-        .wait_for("is not reachable and 2016 KiB wait for it", SECS_20);
+        .wait_for("KiB wait for it (at most 2016 KiB): resetting", SECS_20);
 }
 
 /// After a burst of connections ends, the proxies give the memory those

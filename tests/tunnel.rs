@@ -206,6 +206,58 @@ fn destination_service_down_closes_the_client_socket() {
     );
 }
 
+/// A local service that comes up while a connection waits for its connect
+/// retry gets everything the client sent meanwhile, however many small
+/// writes (an interactive client): the wait keeps them in the connection's
+/// own buffer, bounded in bytes, not in its queue of 32 payloads.
+#[test]
+fn a_service_that_comes_up_during_the_retry_gets_every_small_write() {
+    let _w = watchdog("late_service_small_writes", Duration::from_secs(60));
+    let service = Service::start(&[]);
+    let tunnel = service.open(&["SSH1"]);
+    let dead = ReservedPort::new();
+    let retry = settings_file(
+        "late_service_small_writes",
+        r#"{"tunneling":{"proxy":{"tcp":{"connection_retry_count":"3","connection_retry_delay_ms":"1500"}}}}"#,
+    );
+    let dest = proxy_with(
+        service.port(),
+        Some(&service.ca_dir),
+        &tunnel.destination_token,
+        &["-d", &format!("SSH1={}", dead.port)],
+        "dst",
+        &[],
+        &retry,
+    );
+    dest.stderr.wait_for(CONNECTED, SECS_20);
+    let source = proxy(&service, &tunnel.source_token, &["-m", "source"], "src");
+    let port = listening_port(&source, "SSH1");
+    let mut client = connect(port);
+    client.set_nodelay(true).expect("nodelay");
+    let mut sent = Vec::new();
+    for i in 0..60u8 {
+        let typed = [b'a' + i % 26; 5];
+        client.write_all(&typed).expect("write");
+        sent.extend_from_slice(&typed);
+        if i == 0 {
+            dest.stderr.wait_for("Cannot connect to", SECS_20);
+        }
+        // Typing: each write its own read, its own DATA message.
+        thread::sleep(Duration::from_millis(5));
+    }
+    let listener = dead.listen();
+    thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut r = s.try_clone().expect("clone");
+            let _ = std::io::copy(&mut r, &mut s);
+        }
+    });
+    client.set_read_timeout(Some(SECS_20)).expect("timeout");
+    let mut back = vec![0u8; sent.len()];
+    client.read_exact(&mut back).expect("every write echoed");
+    assert_eq!(back, sent);
+}
+
 /// A port on 127.0.0.1 that is bound but not listening: connections to it
 /// are refused, and no other socket can take it until [`ReservedPort::listen`]
 /// turns it into a listener.

@@ -3,20 +3,24 @@
 //!
 //! The connection's thread connects, then becomes its write half (the read
 //! half gets a thread of its own). Data the peer sends while it connects
-//! waits in the connection's bounded queue; a reset from the peer meanwhile
-//! means "no more data", so what was queued is still delivered: the thread
-//! connects, writes it all, then closes. With nothing queued it gives up at
-//! once.
+//! waits in the connection's bounded queue, and while a retry waits in the
+//! thread's own buffer (at most as many bytes as the queue holds; beyond,
+//! the connection is reset): the tunnel reader never waits for a service
+//! that is not there. A close from the peer before the first attempt means
+//! "no more data": what was queued is still delivered. Once an attempt has
+//! failed, a close from the peer ends the retries, and what waited is
+//! dropped (a service that comes up later gets no dead stream's data).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::machine::Open;
 use super::writer::Link;
 use super::Shared;
 use crate::config::DestinationAddr;
+use crate::streams::ConnKey;
 use crate::tcp::{self, Closer, Conn, ConnStats, LocalStream, ReadHalf, WriteHalf};
 
 /// Starts the thread that connects `open` and runs it. When no thread can
@@ -88,21 +92,24 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         key.stream_id,
         key.conn_id
     );
-    let mut first: Option<Vec<u8>> = None;
+    // What the peer sent before the service could be reached, taken out of
+    // the connection's queue while a retry waits (so that the queue, which
+    // the tunnel reader must not wait for, does not fill), bounded in bytes.
+    let budget = super::LOCAL_QUEUE * s.max_payload_size;
+    let mut pending: Vec<u8> = Vec::new();
     let mut attempt: u64 = 0;
     let stream = loop {
         attempt += 1;
-        let closed = match first {
-            None => match rx.try_recv() {
-                Ok(chunk) => {
-                    first = Some(chunk);
-                    false
-                }
-                Err(TryRecvError::Disconnected) => true,
-                Err(TryRecvError::Empty) => false,
-            },
-            // Payloads may be queued: the channel cannot tell.
-            Some(_) => !shared.lock().machine.is_open(&key),
+        let closed = match take_queued(shared, &rx, &mut pending, budget, None) {
+            Queue::Over => return too_much(shared, link, &key, pending.len(), budget),
+            // Closed with nothing to deliver; or, once an attempt failed,
+            // closed at all (the retries end).
+            Queue::Closed => pending.is_empty() || attempt > 1,
+            // Payloads were taken: the channel cannot tell.
+            Queue::Open if attempt > 1 && !pending.is_empty() => {
+                !shared.lock().machine.is_open(&key)
+            }
+            Queue::Open => false,
         };
         if closed {
             log::debug!(
@@ -122,7 +129,13 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
                      {delay:?}",
                     of(attempt)
                 ));
-                std::thread::sleep(delay);
+                // The wait for the retry takes in what arrives meanwhile;
+                // it ends early when the tunnel side closes the connection
+                // (the next turn sees it).
+                let until = Instant::now() + delay;
+                if let Queue::Over = take_queued(shared, &rx, &mut pending, budget, Some(until)) {
+                    return too_much(shared, link, &key, pending.len(), budget);
+                }
             }
             Err(e) => {
                 shared.unreachable(&format_args!(
@@ -138,6 +151,7 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
             }
         }
     };
+    let first = (!pending.is_empty()).then_some(pending);
     let what = format!(
         "service {label}, stream {}, connection {}",
         key.stream_id, key.conn_id
@@ -184,4 +198,65 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
         pool: shared.pool.clone(),
         on_silence: None,
     });
+}
+
+/// What [`take_queued`] found.
+enum Queue {
+    /// The connection is still open (as far as the queue can tell).
+    Open,
+    /// The queue is empty and the tunnel side closed it.
+    Closed,
+    /// More than the budget waits.
+    Over,
+}
+
+/// Moves what the connection's queue holds into `pending`: what is there
+/// now, or (with `until`) everything that arrives until then.
+fn take_queued(
+    shared: &Shared,
+    rx: &Receiver<Vec<u8>>,
+    pending: &mut Vec<u8>,
+    budget: usize,
+    until: Option<Instant>,
+) -> Queue {
+    loop {
+        let next = match until {
+            None => rx.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => None,
+                TryRecvError::Disconnected => Some(()),
+            }),
+            Some(t) => rx.recv_deadline(t).map_err(|e| match e {
+                RecvTimeoutError::Timeout => None,
+                RecvTimeoutError::Disconnected => Some(()),
+            }),
+        };
+        match next {
+            Ok(chunk) => {
+                pending.extend_from_slice(&chunk);
+                shared.pool.give(chunk);
+                if pending.len() > budget {
+                    return Queue::Over;
+                }
+            }
+            Err(None) => return Queue::Open,
+            Err(Some(())) => return Queue::Closed,
+        }
+    }
+}
+
+/// Resets a connection whose service cannot be reached and for which more
+/// than `budget` bytes wait.
+fn too_much(shared: &Shared, link: &Link, key: &ConnKey, waiting: usize, budget: usize) {
+    let stalled = shared.lock().machine.stalled(key);
+    if let Some((_, frame)) = stalled {
+        shared.dropped(&format_args!(
+            "Local service of stream {} connection {} is not reachable and {} KiB wait for \
+             it (at most {} KiB): resetting that connection",
+            key.stream_id,
+            key.conn_id,
+            waiting / 1024,
+            budget / 1024
+        ));
+        link.send_control(frame);
+    }
 }

@@ -286,9 +286,10 @@ fn dispatch(shared: &Arc<Shared>, link: &Link, d: Decoded<'_>) -> Result<(), Fai
 /// Hands a payload to a local connection; one whose application stopped
 /// reading for [`STALL_TIMEOUT`] is reset. The wait holds up the whole
 /// tunnel, so it is only for an application that is there: a connection
-/// whose connect failed and waits for a retry is reset as soon as its queue
-/// is full (a service that is down would otherwise stall every other
-/// service for a second per connection).
+/// whose connect failed is reset as soon as its queue is full (a service
+/// that is down would otherwise stall every other service for a second per
+/// connection). Its connect thread empties the queue while it waits for a
+/// retry, so that happens only during an attempt.
 fn deliver(
     shared: &Shared,
     link: &Link,
@@ -311,9 +312,11 @@ fn deliver(
             let queued = super::LOCAL_QUEUE * shared.config.settings.max_payload_size / 1024;
             if unreachable {
                 shared.dropped(&format_args!(
-                    "Local service of stream {} connection {} is not reachable and {queued} \
-                     KiB wait for it: resetting that connection",
-                    key.stream_id, key.conn_id,
+                    "Local service of stream {} connection {} is not reachable and its queue \
+                     is full ({} payloads): resetting that connection",
+                    key.stream_id,
+                    key.conn_id,
+                    super::LOCAL_QUEUE
                 ));
             } else {
                 shared.dropped(&format_args!(
