@@ -39,7 +39,9 @@ pub(super) fn spawn(
         .stack_size(tcp::CONNECTION_THREAD_STACK)
         .spawn(move || connect(&me, &link2, open, rx, &closer));
     if let Err(e) = spawned {
-        log::error!("Cannot start a connection thread: {e}; resetting the connection");
+        shared.exhausted(&format_args!(
+            "Cannot start a connection thread: {e}; resetting the connection"
+        ));
         let frame = shared.lock().machine.connect_failed(&key);
         if let Some(frame) = frame {
             link.send_control(frame);
@@ -165,7 +167,9 @@ fn connect(shared: &Arc<Shared>, link: &Link, open: Open, rx: Receiver<Vec<u8>>,
     };
     let stats = ConnStats::new(what, remote, Box::new(slot));
     let fail = |e: std::io::Error| {
-        log::error!("Cannot start local connection to {target}: {e}; resetting it");
+        shared.exhausted(&format_args!(
+            "Cannot start local connection to {target}: {e}; resetting it"
+        ));
         let frame = shared.lock().machine.connect_failed(&key);
         if let Some(frame) = frame {
             link.send_control(frame);

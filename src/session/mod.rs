@@ -492,7 +492,7 @@ impl Shared {
                 machine,
                 link: None,
             }),
-            limiter: Limiter::new(Note::CATEGORIES + 3),
+            limiter: Limiter::new(Note::CATEGORIES + 4),
             pool: BufferPool::new(POOL_DEPTH, POOL_BUFFER),
             prebound: Mutex::new(Vec::new()),
         }
@@ -553,6 +553,14 @@ impl Shared {
     fn unreachable(&self, what: &dyn fmt::Display) {
         self.limiter
             .log(Note::CATEGORIES + 2, log::Level::Warn, what);
+    }
+
+    /// Logs a warning about a local connection this process has no
+    /// resources for (no thread could be started), rate-limited: each
+    /// connection of a burst would log it.
+    fn exhausted(&self, what: &dyn fmt::Display) {
+        self.limiter
+            .log(Note::CATEGORIES + 3, log::Level::Warn, what);
     }
 
     /// Bytes read from a local socket at once.

@@ -217,7 +217,9 @@ fn accept(shared: &Arc<Shared>, service: usize, stream: TcpStream) {
         Box::new(acc.slot),
     );
     let give_up = |e: std::io::Error| {
-        log::error!("Cannot start a local connection: {e}; resetting it");
+        shared.exhausted(&format_args!(
+            "Cannot start a local connection: {e}; resetting it"
+        ));
         let frame = shared.lock().machine.local_closed(&key);
         if let Some(frame) = frame {
             link.send_data(&frame);
