@@ -162,13 +162,21 @@ pub struct Closer {
     /// A connect failed and no later one succeeded yet: the application is
     /// not there, and what is queued for it waits for a retry.
     unreachable: AtomicBool,
+    /// Aborted, possibly before the socket existed.
+    aborted: AtomicBool,
 }
 
 impl Closer {
-    /// Records the socket once it is connected.
+    /// Records the socket once it is connected; a connection aborted while
+    /// it connected is aborted now (its data was lost meanwhile).
     pub fn set(&self, stream: Arc<LocalStream>) {
         self.unreachable.store(false, Ordering::Relaxed);
         let _ = self.stream.set(stream);
+        // With the fence in abort(): one of the two sees the other's store.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.aborted.load(Ordering::SeqCst) {
+            self.abort_socket();
+        }
     }
 
     /// Records that a connect failed and is to be retried.
@@ -181,8 +189,15 @@ impl Closer {
         self.unreachable.load(Ordering::Relaxed)
     }
 
-    /// Aborts the connection (when its socket exists); both halves end.
+    /// Aborts the connection: at once when its socket exists, else as soon
+    /// as it does. Both halves end.
     pub fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.abort_socket();
+    }
+
+    fn abort_socket(&self) {
         if let Some(s) = self.stream.get() {
             s.abort();
         }
@@ -696,6 +711,20 @@ fn read_loop(mut sock: &LocalStream, half: ReadHalf, stats: &ConnStats, closed: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_aborted_while_it_connected_is_reset_once_connected() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut app = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        let closer = Closer::default();
+        closer.abort();
+        closer.set(Arc::new(LocalStream::Tcp(ours)));
+        app.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let got = app.read(&mut [0u8; 16]).map_err(|e| e.kind());
+        assert_eq!(got, Err(io::ErrorKind::ConnectionReset));
+    }
 
     #[test]
     fn vectored_writes_deliver_every_byte_in_order_through_partial_writes() {
