@@ -51,6 +51,15 @@ fn inject(service: &Service, tunnel: &Tunnel, side: &str, bytes: &[u8]) {
     );
 }
 
+/// Makes the service drop `side`'s WebSocket connection of `tunnel`.
+fn drop_tunnel(service: &Service, tunnel: &Tunnel, side: &str) {
+    local_test(
+        service,
+        "LocalTest.Drop",
+        serde_json::json!({"tunnelId": tunnel.id, "side": side}),
+    );
+}
+
 /// A settings file: the fast test settings plus `tcp` and `websocket` extras.
 fn settings(name: &str, tcp: &str, ws: &str) -> std::path::PathBuf {
     let tcp = if tcp.is_empty() {
@@ -598,11 +607,7 @@ fn the_first_reconnect_after_a_drop_is_immediate() {
     echo_eventually(port, 1, 1024, SECS_20);
     let n = dest.stderr.count(CONNECTED);
     let dropped = Instant::now();
-    local_test(
-        &service,
-        "LocalTest.Drop",
-        serde_json::json!({"tunnelId": tunnel.id, "side": "destination"}),
-    );
+    drop_tunnel(&service, &tunnel, "destination");
     dest.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
     let took = dropped.elapsed();
     assert!(took < Duration::from_secs(2), "reconnected after {took:?}");
@@ -635,11 +640,7 @@ fn a_second_drop_soon_after_the_first_does_not_spend_a_connect_attempt() {
     echo_eventually(port, 1, 1024, SECS_20);
     for drop in 1..=2 {
         let n = dest.stderr.count(CONNECTED);
-        local_test(
-            &service,
-            "LocalTest.Drop",
-            serde_json::json!({"tunnelId": tunnel.id, "side": "destination"}),
-        );
+        drop_tunnel(&service, &tunnel, "destination");
         dest.stderr.wait_for_nth(CONNECTED, n + 1, SECS_20);
         echo_eventually(port, 1 + drop, 1024, SECS_20);
     }
@@ -1145,11 +1146,7 @@ fn a_lost_tunnel_resets_the_local_connections_it_carried() {
     let _w = watchdog("lost_tunnel_reset", Duration::from_secs(60));
     let app = TcpListener::bind("127.0.0.1:0").expect("bind");
     let (pair, _client, mut served) = one_connection(&app, PairOpts::default());
-    local_test(
-        &pair.service,
-        "LocalTest.Drop",
-        serde_json::json!({"tunnelId": pair.tunnel.id, "side": "destination"}),
-    );
+    drop_tunnel(&pair.service, &pair.tunnel, "destination");
     assert!(
         ends_with_reset(&mut served, SECS_20),
         "the application saw a clean end of stream"
