@@ -242,7 +242,8 @@ fn a_service_that_comes_up_during_the_retry_gets_every_small_write() {
         if i == 0 {
             dest.stderr.wait_for("Cannot connect to", SECS_20);
         }
-        // Typing: each write its own read, its own DATA message.
+        // The behaviour under test, not synchronisation: a typing client,
+        // each write its own read and its own DATA message.
         thread::sleep(Duration::from_millis(5));
     }
     let listener = dead.listen();
